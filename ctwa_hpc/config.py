@@ -1,0 +1,275 @@
+"""Run configuration: one TOML file, validated into a plain dict with every default filled in.
+
+Config is data.  Unknown sections or keys are errors, every value is type-checked, and every
+error names the offending field (``method.samples: ...``) before any expensive work starts.
+The resolved config (defaults included) is written into the HDF5 output as TOML text.
+
+Sections and keys (README.md documents each one; ``SCHEMA`` below is the source of truth):
+
+``[model]``       kind, n_sites, boundary, J, hx, hz, terms
+``[disorder]``    realizations, seed
+``[state]``       kind, pattern, angles, flipped, polarized
+``[method]``      kind, cluster_size, offsets, clusters, samples, seed, antithetic, sampling,
+                  backend, batch
+``[time]``        dt, t_max, output_dt
+``[observables]`` names, pairs, custom, subsystems
+``[output]``      path, compare_exact, checkpoint_every_s, progress_every_s, exact_draws
+"""
+from __future__ import annotations
+
+import copy
+import math
+import tomllib
+
+REQUIRED = object()
+METHODS = ("sb", "operator", "reduced", "meanfield", "exact")
+BACKENDS = ("auto", "cython", "numpy")
+
+# section -> key -> (type, default, description)
+SCHEMA = {
+    "model": {
+        "kind": (str, REQUIRED, "tfim | ising_chaotic | heisenberg | xy | custom"),
+        "n_sites": (int, REQUIRED, "number of spins N"),
+        "boundary": (str, None, "open | periodic (model default if omitted)"),
+        "J": (float, None, "coupling (model default if omitted)"),
+        "hx": (float, None, "transverse field (tfim, ising_chaotic)"),
+        "hz": (float, None, "longitudinal field or disorder strength (heisenberg: h_z δ_i)"),
+        "terms": (list, None, "custom model: list of {coef, ops, f} tables"),
+    },
+    "disorder": {
+        "realizations": (int, 1, "number of disorder realizations"),
+        "seed": (int, 0, "disorder seed: δ_i keyed by (seed, realization)"),
+    },
+    "state": {
+        "kind": (str, "neel", "up | down | neel | x | y | pattern | angles | bath"),
+        "pattern": (str, None, "pattern state: one of u d + - r per site"),
+        "angles": (list, None, "angles state: [[theta, phi], ...] per site"),
+        "flipped": (list, [], "sites whose spin is reversed"),
+        "polarized": (list, [0], "bath state: sites kept up (the others uniform on the sphere)"),
+    },
+    "method": {
+        "kind": (str, "sb", "sb | operator | reduced | meanfield | exact"),
+        "cluster_size": (int, 1, "sites per contiguous cluster"),
+        "offsets": (list, [0], "cluster offsets averaged over (list of ints)"),
+        "clusters": (list, None, "explicit partition [[sites], ...] (overrides cluster_size)"),
+        "samples": (int, 1000, "Monte Carlo samples per realization and offset"),
+        "seed": (int, 1, "sampling seed: streams keyed by (seed, realization, sample)"),
+        "antithetic": (bool, False, "antithetic pairs ξ, −ξ (samples must be even)"),
+        "sampling": (str, "gaussian", "gaussian | discrete (operator/reduced only)"),
+        "backend": (str, "auto", "auto | cython | numpy"),
+        "batch": (int, 256, "samples per kernel call (work block)"),
+    },
+    "time": {
+        "dt": (float, 0.01, "RK4 step"),
+        "t_max": (float, REQUIRED, "final time"),
+        "output_dt": (float, None, "output interval, a multiple of dt (default: dt)"),
+    },
+    "observables": {
+        "names": (list, ["sz", "mz_staggered"], "named observables"),
+        "pairs": (list, None, "site pairs for czz/czz_connected (default: nearest neighbours)"),
+        "custom": (list, [], "custom Pauli strings: [{name, ops}]"),
+        "subsystems": (list, None, "site sets for entropy/renyi2/rdm_min_eig (default: (i, i+1))"),
+    },
+    "output": {
+        "path": (str, "ctwa_out.h5", "HDF5 output file"),
+        "compare_exact": (bool, False, "also run the exact reference and print the deviation"),
+        "checkpoint_every_s": (float, 300.0, "seconds between checkpoints"),
+        "progress_every_s": (float, 10.0, "seconds between progress lines"),
+        "exact_draws": (int, 64, "exact reference of a mixed state: pure draws averaged"),
+    },
+}
+
+_MODEL_KEYS = {"tfim": {"J", "hx", "hz"}, "ising_chaotic": {"J", "hx", "hz"},
+               "heisenberg": {"J", "hz"}, "xy": {"J"}, "custom": {"terms"}}
+
+
+class ConfigError(ValueError):
+    """A bad run file; the message names the field."""
+
+
+def _check_type(where, value, typ):
+    if typ is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"{where}: {value} is not finite")
+        return float(value) if ok else _type_error(where, value, "a number")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        return _type_error(where, value, "an integer")
+    if typ is bool:
+        return value if isinstance(value, bool) else _type_error(where, value, "true or false")
+    if typ is str:
+        return value if isinstance(value, str) else _type_error(where, value, "a string")
+    if typ is list:
+        return value if isinstance(value, list) else _type_error(where, value, "a list")
+    raise AssertionError(typ)
+
+
+def _type_error(where, value, expected):
+    raise ConfigError(f"{where}: expected {expected}, got {value!r} ({type(value).__name__})")
+
+
+def resolve(raw):
+    """Validate a raw config dict and fill defaults; returns a new dict."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config: expected a table of sections")
+    for sec in raw:
+        if sec not in SCHEMA:
+            raise ConfigError(f"{sec}: unknown section (known: {sorted(SCHEMA)})")
+    cfg = {}
+    for sec, keys in SCHEMA.items():
+        given = raw.get(sec, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"{sec}: expected a table")
+        for k in given:
+            if k not in keys:
+                raise ConfigError(f"{sec}.{k}: unknown key (known: {sorted(keys)})")
+        out = {}
+        for k, (typ, default, _) in keys.items():
+            where = f"{sec}.{k}"
+            if k in given:
+                out[k] = _check_type(where, given[k], typ)
+            elif default is REQUIRED:
+                raise ConfigError(f"{where}: required")
+            else:
+                out[k] = copy.deepcopy(default)
+        cfg[sec] = out
+    _semantic_checks(cfg)
+    return cfg
+
+
+def _positive(cfg, sec, key, strict=True):
+    v = cfg[sec][key]
+    if (v <= 0) if strict else (v < 0):
+        raise ConfigError(f"{sec}.{key}: must be {'> 0' if strict else '>= 0'}, got {v}")
+
+
+def _semantic_checks(cfg):
+    m, meth, t = cfg["model"], cfg["method"], cfg["time"]
+    from .models import MODEL_PARAMS
+    if m["kind"] not in MODEL_PARAMS:
+        raise ConfigError(f"model.kind: unknown model {m['kind']!r} (known: {sorted(MODEL_PARAMS)})")
+    for k in ("J", "hx", "hz", "terms"):
+        if m[k] is not None and k not in _MODEL_KEYS[m["kind"]]:
+            raise ConfigError(f"model.{k}: not a parameter of model {m['kind']!r}")
+    if m["kind"] == "custom" and not m["terms"]:
+        raise ConfigError("model.terms: a custom model needs a non-empty list of terms")
+    _positive(cfg, "model", "n_sites")
+    if m["boundary"] is not None and m["boundary"] not in ("open", "periodic"):
+        raise ConfigError(f"model.boundary: expected 'open' or 'periodic', got {m['boundary']!r}")
+    _positive(cfg, "disorder", "realizations")
+    if meth["kind"] not in METHODS:
+        raise ConfigError(f"method.kind: unknown method {meth['kind']!r} (known: {list(METHODS)})")
+    if meth["sampling"] not in ("gaussian", "discrete"):
+        raise ConfigError(f"method.sampling: expected 'gaussian' or 'discrete', got "
+                          f"{meth['sampling']!r}")
+    if meth["sampling"] == "discrete" and meth["kind"] not in ("operator", "reduced"):
+        raise ConfigError("method.sampling: 'discrete' applies to method.kind 'operator' or "
+                          "'reduced' only")
+    if meth["backend"] not in BACKENDS:
+        raise ConfigError(f"method.backend: expected one of {list(BACKENDS)}, got {meth['backend']!r}")
+    for key in ("samples", "batch", "cluster_size"):
+        if meth[key] < 1:
+            raise ConfigError(f"method.{key}: must be >= 1, got {meth[key]}")
+    if meth["antithetic"] and meth["samples"] % 2:
+        raise ConfigError("method.samples: must be even with method.antithetic = true")
+    if meth["cluster_size"] > m["n_sites"]:
+        raise ConfigError(f"method.cluster_size: {meth['cluster_size']} exceeds model.n_sites "
+                          f"= {m['n_sites']}")
+    offs = meth["offsets"]
+    if not offs or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs):
+        raise ConfigError(f"method.offsets: expected a non-empty list of integers, got {offs!r}")
+    if len(set(offs)) != len(offs):
+        raise ConfigError(f"method.offsets: duplicate offsets in {offs!r}")
+    if meth["clusters"] is not None and offs != [0]:
+        raise ConfigError("method.offsets: cannot be combined with an explicit method.clusters")
+    _positive(cfg, "time", "dt")
+    _positive(cfg, "time", "t_max", strict=False)
+    if t["output_dt"] is None:
+        t["output_dt"] = t["dt"]
+    _positive(cfg, "time", "output_dt")
+    ratio = t["output_dt"] / t["dt"]
+    if abs(ratio - round(ratio)) > 1e-9 * max(1.0, ratio) or round(ratio) < 1:
+        raise ConfigError(f"time.output_dt: {t['output_dt']} is not a multiple of time.dt = {t['dt']}")
+    n_out = t["t_max"] / t["output_dt"]
+    if abs(n_out - round(n_out)) > 1e-9 * max(1.0, n_out):
+        raise ConfigError(f"time.t_max: {t['t_max']} is not a multiple of time.output_dt = "
+                          f"{t['output_dt']}")
+    if not cfg["observables"]["names"] and not cfg["observables"]["custom"]:
+        raise ConfigError("observables.names: no observable requested")
+    for k, n in enumerate(cfg["observables"]["names"]):
+        if not isinstance(n, str):
+            raise ConfigError(f"observables.names[{k}]: expected a string, got {n!r}")
+    o = cfg["output"]
+    _positive(cfg, "output", "checkpoint_every_s")
+    _positive(cfg, "output", "progress_every_s")
+    _positive(cfg, "output", "exact_draws")
+    if not o["path"]:
+        raise ConfigError("output.path: must not be empty")
+
+
+def time_grid(cfg):
+    """(dt, n_steps, out_every, output times)."""
+    import numpy as np
+    t = cfg["time"]
+    out_every = int(round(t["output_dt"] / t["dt"]))
+    n_out = int(round(t["t_max"] / t["output_dt"]))
+    return t["dt"], n_out * out_every, out_every, np.arange(n_out + 1) * t["output_dt"]
+
+
+def parse_override(text):
+    """``section.key=value`` → (section, key, value); value parsed as TOML (fallback: string)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    path, value = text.split("=", 1)
+    sec, key = path.strip().split(".", 1)
+    try:
+        val = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        val = value
+    return sec, key, val
+
+
+def load(path, overrides=()):
+    """Read a TOML run file, apply ``--set`` overrides, validate; returns the resolved dict."""
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config: file {path!r} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {path}: invalid TOML: {exc}") from None
+    for ov in overrides:
+        sec, key, val = parse_override(ov)
+        raw.setdefault(sec, {})
+        if not isinstance(raw[sec], dict):
+            raise ConfigError(f"{sec}: expected a table")
+        raw[sec][key] = val
+    return resolve(raw)
+
+
+def _toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(type(v))
+
+
+def dumps(cfg):
+    """Resolved config as TOML text (None values are omitted)."""
+    lines = []
+    for sec, keys in cfg.items():
+        lines.append(f"[{sec}]")
+        for k, v in keys.items():
+            if v is not None:
+                lines.append(f"{k} = {_toml_value(v)}")
+        lines.append("")
+    return "\n".join(lines)
