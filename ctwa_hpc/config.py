@@ -77,6 +77,13 @@ SCHEMA = {
         "progress_every_s": (float, 10.0, "seconds between progress lines"),
         "exact_draws": (int, 64, "exact reference of a mixed state: pure draws averaged"),
     },
+    "stop": {
+        "stderr_target": (float, 0.0, "stop early once the standard error of stop.observables "
+                          "is <= this at every time (0: always run all method.samples)"),
+        "observables": (list, [], "outputs checked by the stopping rule (default: all)"),
+        "check_samples": (int, 0, "samples per realization and offset between checks, rounded "
+                          "up to a multiple of method.batch (0: 4 batches)"),
+    },
 }
 
 _MODEL_KEYS = {"tfim": {"J", "hx", "hz"}, "ising_chaotic": {"J", "hx", "hz"},
@@ -128,7 +135,7 @@ def resolve(raw):
         out = {}
         for k, (typ, default, _) in keys.items():
             where = f"{sec}.{k}"
-            if k in given:
+            if k in given and not (given[k] is None and default is None):
                 out[k] = _check_type(where, given[k], typ)
             elif default is REQUIRED:
                 raise ConfigError(f"{where}: required")

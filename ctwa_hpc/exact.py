@@ -109,6 +109,9 @@ def evolve_pure(hamiltonian, theta, phi, times, columns):
 
     Returns an array (n_times, n_columns).
     """
+    times = np.asarray(times, dtype=float)
+    if times.ndim != 1 or np.any(times < 0) or np.any(np.diff(times) < 0):
+        raise ValueError("time: output times must be non-negative and non-decreasing")
     basis = choose_basis(hamiltonian, theta, phi)
     full = product_vector(theta, phi)
     psi = full[basis.states].astype(complex)
@@ -123,7 +126,6 @@ def evolve_pure(hamiltonian, theta, phi, times, columns):
                          for coef, (r, c, d) in terms)
         return out
 
-    times = np.asarray(times, dtype=float)
     res = np.empty((len(times), len(columns)))
     if not tfuncs:
         t_prev = 0.0
@@ -142,6 +144,9 @@ def evolve_pure(hamiltonian, theta, phi, times, columns):
         dv = -1j * h
         return np.concatenate([dv.real, dv.imag])
 
+    if times[-1] == 0.0:
+        res[:] = measure(psi)
+        return res
     y0 = np.concatenate([psi.real, psi.imag])
     sol = solve_ivp(rhs, (0.0, float(times[-1])), y0, method="DOP853", t_eval=times,
                     rtol=1e-10, atol=1e-12)

@@ -52,8 +52,11 @@ class TimeFunction:
             code = compile(tree, "<time function>", "eval")
             env = {"__builtins__": {}, "pi": math.pi, **_ALLOWED_FUNCS}
             self._fn = lambda t: eval(code, env, {"t": t})  # noqa: S307 (AST whitelisted above)
-        val = self(0.0)
-        if not np.isfinite(val):
+        try:
+            val = self(0.0)
+        except (ArithmeticError, TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: cannot evaluate f(0) of {self.expr!r}: {exc}") from None
+        if not np.all(np.isfinite(val)):
             raise ValueError(f"{where}: f(0) = {val} is not finite")
 
     def __call__(self, t):
@@ -115,6 +118,8 @@ class Hamiltonian:
         else:
             d = {}
             for site, lab in ops:
+                if isinstance(site, bool) or not isinstance(site, (int, np.integer)):
+                    raise ValueError(f"{where}: site {site!r} is not an integer")
                 lab = normalize_label(lab, where)
                 if site in d:
                     raise ValueError(f"{where}: site {site} appears twice")
@@ -154,7 +159,7 @@ class Hamiltonian:
         from .pauli import dense_string
         groups = {}
         for t in self.terms:
-            key = (t.sites, id(t.tfunc) if t.tfunc is not None else None)
+            key = (t.sites, t.tfunc.expr if t.tfunc is not None else None)
             groups.setdefault(key, []).append(t)
         for (sites, _), terms in groups.items():
             n = len(sites)
