@@ -115,18 +115,27 @@ class NumpyPropagator:
     def columns(self, psi):
         return self.plan.columns_from_expectations(self.expectations(psi))
 
-    def rhs(self, psi, fvals):
-        """∂_t ψ for time-function values ``fvals`` (G,) at the stage time."""
-        A, R, S = psi.shape
-        flat = psi.reshape(A, R * S)
+    def apply_local(self, flat, fvals):
+        """H_loc(t) applied to amplitudes (A, ·): Σ_c H_c(t), time functions at ``fvals``."""
         out = self.H[0] @ flat
         for g in range(self.n_tf):
             out += fvals[g] * (self.H[g + 1] @ flat)
+        return out
+
+    def field(self, E, fvals):
+        """field_o = Σ_k J_k f_k(t) (partner)_W for coupling-operator Weyl symbols E (O, S)."""
+        out = self.F[0] @ E
+        for g in range(self.n_tf):
+            out += fvals[g] * (self.F[g + 1] @ E)
+        return out
+
+    def rhs(self, psi, fvals):
+        """∂_t ψ for time-function values ``fvals`` (G,) at the stage time."""
+        A, R, S = psi.shape
+        out = self.apply_local(psi.reshape(A, R * S), fvals)
         if len(self.row_entry):
             E, Y = self._weighted(psi, self.G_ops, self.pidx_ops, self.ops_doff)
-            field = self.F[0] @ E
-            for g in range(self.n_tf):
-                field += fvals[g] * (self.F[g + 1] @ E)
+            field = self.field(E, fvals)
             out += self.scatter @ (field[self.row_entry][:, None, :] * Y).reshape(-1, R * S)
         return (-1j * out).reshape(A, R, S)
 
@@ -134,10 +143,7 @@ class NumpyPropagator:
         """H_W per sample (static part of the time functions evaluated at ``fvals``)."""
         fvals = np.ones(self.n_tf) if fvals is None else fvals
         A, R, S = psi.shape
-        flat = psi.reshape(A, R * S)
-        hpsi = self.H[0] @ flat
-        for g in range(self.n_tf):
-            hpsi += fvals[g] * (self.H[g + 1] @ flat)
+        hpsi = self.apply_local(psi.reshape(A, R * S), fvals)
         e = np.einsum("r,ars->s", self.weights, (psi.conj() * hpsi.reshape(A, R, S)).real)
         if len(self.row_entry):
             E, _ = self._weighted(psi, self.G_ops, self.pidx_ops, self.ops_doff)
@@ -290,17 +296,11 @@ class TangentPropagator:
         psi, dpsi = y
         b = self.base
         A, R, S = psi.shape
-        flat = dpsi.reshape(A, R * S)
-        out = b.H[0] @ flat
-        for g in range(b.n_tf):
-            out += fvals[g] * (b.H[g + 1] @ flat)
+        out = b.apply_local(dpsi.reshape(A, R * S), fvals)
         if len(b.row_entry):
             E, Y = b._weighted(psi, b.G_ops, b.pidx_ops, b.ops_doff)
             dE, Yd = self._dweighted(psi, dpsi, b.G_ops, b.pidx_ops, b.ops_doff)
-            field, dfield = b.F[0] @ E, b.F[0] @ dE
-            for g in range(b.n_tf):
-                field += fvals[g] * (b.F[g + 1] @ E)
-                dfield += fvals[g] * (b.F[g + 1] @ dE)
+            field, dfield = b.field(E, fvals), b.field(dE, fvals)
             z = field[b.row_entry][:, None, :] * Yd + dfield[b.row_entry][:, None, :] * Y
             out += b.scatter @ z.reshape(-1, R * S)
         return (b.rhs(psi, fvals), (-1j * out).reshape(A, R, S))
