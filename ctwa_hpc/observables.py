@@ -251,5 +251,6 @@ class ObservablePlan:
             for f in range(self.term_ptr[t], self.term_ptr[t + 1]):
                 prod[t] *= E[self.fac[f]]
         prod *= self.term_coef[:, None]
-        out = np.add.reduceat(prod, self.col_ptr[:-1], axis=0) if len(prod) else prod
+        out = np.zeros((self.n_columns, E.shape[1]))
+        np.add.at(out, np.repeat(np.arange(self.n_columns), np.diff(self.col_ptr)), prod)
         return out

@@ -1,0 +1,28 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""AVX-512 build of the RK4 kernel of ``gp_rk4`` (see ``gp_core.pxd``); imported by ``gp_rk4``
+only on CPUs with AVX-512.  The pragma must precede the cimport so that ``gp_core``'s vector
+width (``__AVX512F__``) and all of its code follow the AVX-512 target."""
+cdef extern from *:
+    """
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+    #pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx512cd,avx2,fma")
+    #endif
+    """
+
+from cpython.pycapsule cimport PyCapsule_New
+
+from gp_core cimport Plan, gp_chunk, CTWA_SW, CTWA_VW, CTWA_LEVEL
+
+
+cdef void _chunk(Plan* P, Py_ssize_t ch, double** ws) noexcept nogil:
+    gp_chunk(P, ch, ws)
+
+
+def build_info():
+    """(level, vector width, chunk width) this module was compiled for."""
+    return CTWA_LEVEL, CTWA_VW, CTWA_SW
+
+
+def kernel():
+    """Capsule ``ctwa_gp_chunk`` holding ``void (*)(Plan*, Py_ssize_t, double**)``."""
+    return PyCapsule_New(<void*>_chunk, b"ctwa_gp_chunk", NULL)
