@@ -76,6 +76,8 @@ SCHEMA = {
         "checkpoint_every_s": (float, 300.0, "seconds between checkpoints"),
         "progress_every_s": (float, 10.0, "seconds between progress lines"),
         "exact_draws": (int, 64, "exact reference of a mixed state: pure draws averaged"),
+        "write_partial": (bool, True, "store every rank's partial sums in /partial (size "
+                          "mpi_size x /moments: switch off for runs on very many ranks)"),
     },
     "stop": {
         "stderr_target": (float, 0.0, "stop early once the standard error of stop.observables "

@@ -1,0 +1,452 @@
+"""The simulation driver: config → model → compiled problem → work blocks → moments → output.
+
+:class:`Simulation` reads like the method section of the paper:
+
+1. ``build_model(r)``: the Hamiltonian of disorder realization r (eq. (1) builders);
+2. ``partitions()``: one cluster partition per configured offset (sec. II A, step 1);
+3. ``plan_work()``: the (realization, offset, sample block) work items in one fixed global
+   order; every rank takes a balanced contiguous block of the items still to do
+   (:func:`~ctwa_hpc.parallel.split_list`);
+4. ``run()``: per block draw the Wigner samples (eq. (18) or (52)–(54)), integrate the
+   classical equations (eq. (19)/(61) kernels, or eq. (10) in density-matrix form), and add
+   the per-sample observable columns into :class:`~ctwa_hpc.stats.Moments`;
+5. reduce the moments to rank 0 and form means, standard errors and disorder averages.
+
+Between blocks each rank checkpoints on its own clock (:mod:`ctwa_hpc.checkpoint`) and
+exchanges a small status vector without blocking (:class:`~ctwa_hpc.parallel.Sync`): global
+progress for rank 0's progress lines, and stop requests (SIGTERM/SIGUSR1) seen by every rank
+at the same exchange.  With ``stop.stderr_target`` the items run in stages of
+``stop.check_samples`` samples, and the run ends after the first stage whose standard errors
+are below the target (the stopping point does not depend on the number of ranks).
+
+``run_exact()`` produces the exact reference from the same model, state and observables.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import checkpoint as ckpt_mod
+from . import clusters, config as config_mod, models, observables, parallel, sampling, states, stats
+
+log = logging.getLogger("ctwa_hpc")
+
+
+@dataclass
+class WorkItem:
+    realization: int
+    offset_index: int
+    start: int
+    stop: int
+
+
+@dataclass
+class RunResult:
+    """Everything the writer needs; ``outputs[name]`` holds mean/stderr arrays and metadata."""
+
+    cfg: dict
+    times: np.ndarray
+    method: str
+    outputs: dict
+    moments: object = None
+    n_samples: int = 0
+    wall_time: float = 0.0
+    mpi_size: int = 1
+    backend: str = "numpy"
+    exact: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Simulation:
+    """One run described by a resolved config dict (see :mod:`ctwa_hpc.config`)."""
+
+    def __init__(self, cfg, comm=None, backend=None, quiet=False):
+        self.cfg = cfg
+        self.comm = comm if comm is not None else parallel.SerialComm()
+        self.backend = backend or cfg["method"]["backend"]
+        self.quiet = quiet
+        self.dt, self.n_steps, self.out_every, self.times = config_mod.time_grid(cfg)
+        m = cfg["model"]
+        self.n_sites = m["n_sites"]
+        self.method = cfg["method"]["kind"]
+        s = cfg["state"]
+        self.state = states.make_state(s["kind"], self.n_sites, pattern=s["pattern"],
+                                       angles=s["angles"], flipped=s["flipped"],
+                                       polarized=s["polarized"])
+        self._parts = None
+        # build realization 0 now: bad model/observable input fails before any work
+        self.observable_set(self.build_model(0))
+        self.partitions()
+        self.check_stop_config()
+        self.partial = None
+
+    # -- model pieces ---------------------------------------------------------------------
+    def build_model(self, r):
+        m = self.cfg["model"]
+        params = {k: m[k] for k in ("J", "hx", "hz") if m[k] is not None}
+        return models.build(m["kind"], self.n_sites, params, boundary=m["boundary"],
+                            disorder_seed=self.cfg["disorder"]["seed"], realization=r,
+                            terms=m["terms"])
+
+    def observable_set(self, hamiltonian):
+        o = self.cfg["observables"]
+        return observables.ObservableSet(self.n_sites, o["names"], o["pairs"], o["custom"],
+                                         hamiltonian, subsystems=o.get("subsystems"))
+
+    def partitions(self):
+        if self._parts is None:
+            meth = self.cfg["method"]
+            if meth["clusters"] is not None:
+                self._parts = [clusters.Partition.from_lists(self.n_sites, meth["clusters"])]
+            else:
+                self._parts = [clusters.Partition.contiguous(self.n_sites, meth["cluster_size"], o)
+                               for o in meth["offsets"]]
+        return self._parts
+
+    @property
+    def samples(self):
+        """Samples per (realization, offset); a pure-state mean field run needs only one."""
+        if self.method == "meanfield" and self.state.is_pure:
+            return 1
+        return self.cfg["method"]["samples"]
+
+    def plan_work(self):
+        """All work items in a fixed global order (independent of the number of ranks)."""
+        batch = self.cfg["method"]["batch"]
+        if self.cfg["method"]["antithetic"] and batch % 2:
+            batch += 1
+        items = []
+        for r in range(self.cfg["disorder"]["realizations"]):
+            for oi in range(len(self.partitions())):
+                for a in range(0, self.samples, batch):
+                    items.append(WorkItem(r, oi, a, min(a + batch, self.samples)))
+        return items
+
+    def stream_key(self, r, oi):
+        """Realization key of the sampling streams: (seed, r·n_offsets + offset, sample)."""
+        return r * len(self.partitions()) + oi
+
+    # -- CTWA ---------------------------------------------------------------------------------
+    def _context(self, r, oi, cache):
+        key = (r, oi)
+        if cache.get("key") != key:
+            H = self.build_model(r)
+            part = self.partitions()[oi]
+            prob = clusters.compile_problem(H, part)
+            obs = self.observable_set(H)
+            t_stage = np.arange(2 * self.n_steps + 1) * (0.5 * self.dt)
+            cache.update(key=key, H=H, problem=prob, obs=obs, plan=obs.compile(part),
+                         tf_tab=prob.tf_table(t_stage))
+        return cache
+
+    def run_block(self, item, cache):
+        """Per-sample columns (n_t, K, S) of one work item."""
+        ctx = self._context(item.realization, item.offset_index, cache)
+        ids = np.arange(item.start, item.stop)
+        init = sampling.draw_batch(ctx["problem"], self.state, self.method,
+                                   self.cfg["method"]["seed"],
+                                   self.stream_key(item.realization, item.offset_index), ids,
+                                   antithetic=self.cfg["method"]["antithetic"])
+        return propagate(ctx["problem"], ctx["plan"], init, self.method, self.dt, self.n_steps,
+                         self.out_every, ctx["tf_tab"], self.backend)
+
+    def new_moments(self):
+        obs = self.observable_set(self.build_model(0))
+        return obs, stats.Moments.zeros(self.cfg["disorder"]["realizations"], len(self.times),
+                                        obs.n_columns, obs.cross)
+
+    def stages(self, items):
+        """Item indices grouped into the stages between two checks of the stopping rule.
+
+        Without ``stop.stderr_target`` there is one stage.  Otherwise stage k holds the blocks
+        whose first sample lies in [k·w, (k+1)·w), w = ``stop.check_samples`` rounded up to a
+        multiple of the batch: the stopping point depends on the data only, not on the ranks.
+        """
+        stop = self.cfg.get("stop") or {}
+        if not stop.get("stderr_target"):
+            return [list(range(len(items)))]
+        batch = max(it.stop - it.start for it in items)
+        width = stop.get("check_samples") or 4 * batch
+        width = -(-width // batch) * batch
+        groups = {}
+        for i, it in enumerate(items):
+            groups.setdefault(it.start // width, []).append(i)
+        return [groups[k] for k in sorted(groups)]
+
+    def run(self, checkpoint=None, resume=False, force=False, stop_flag=None):
+        """Run this rank's share of the work; returns a RunResult on rank 0 (None elsewhere).
+
+        ``checkpoint``: a :class:`~ctwa_hpc.checkpoint.Checkpoint` (collective start, resume
+        with ``resume=True``; stop signals are honoured only with one).  After a stop request
+        every rank saves its checkpoint and raises :class:`~ctwa_hpc.checkpoint.Interrupted`.
+        This rank's partial sums are left in ``self.partial`` (the writer stores them).
+        ``stop_flag``: an installed :class:`~ctwa_hpc.checkpoint.StopFlag` (the CLI keeps it
+        installed until the output is written); by default one is installed for the run.
+        """
+        if self.method == "exact":
+            self.partial = None
+            return self.run_exact()
+        t0 = time.time()
+        obs, local = self.new_moments()
+        items = self.plan_work()
+        done, own = set(), []
+        flag, own_flag = stop_flag, False
+        if checkpoint is not None:
+            done, own = checkpoint.start(resume, force, local)
+            if flag is None:
+                flag, own_flag = ckpt_mod.StopFlag().install(), True
+        samples_done = sum(items[i].stop - items[i].start for i in done)
+        progress = Progress(self.comm, sum(it.stop - it.start for it in items), samples_done,
+                            len(items), self.cfg["output"]["progress_every_s"], self.quiet)
+        loop = _Loop(self, items, own, local, checkpoint, flag, progress)
+        try:
+            stopped = False
+            for stage in self.stages(items):
+                todo = [i for i in stage if i not in done]
+                if loop.run(parallel.split_list(todo, self.comm)):
+                    stopped = True
+                    break
+                if self._precise_enough(obs, local):
+                    break
+        finally:
+            if own_flag:
+                flag.restore()
+        self.partial = local
+        if stopped:
+            if checkpoint is not None:
+                checkpoint.save(own, local)
+            n_done = self.comm.allreduce(len(own))
+            if self.comm.rank == 0:
+                log.warning("stop requested (%s): checkpoint saved with %d/%d work blocks",
+                            loop.reason or "another rank", n_done, len(items))
+            raise ckpt_mod.Interrupted(checkpoint.dir if checkpoint else None, n_done, len(items))
+        progress.final()
+        return self.finish(obs, local, time.time() - t0)
+
+    def _precise_enough(self, obs, local):
+        """The optional stopping rule (collective): max stderr of ``stop.observables`` over
+        times and components below ``stop.stderr_target`` (decided on rank 0)."""
+        stop = self.cfg.get("stop") or {}
+        target = stop.get("stderr_target")
+        if not target:
+            return False
+        total = self._reduce(local)
+        decision = None
+        if self.comm.rank == 0:
+            names = stop.get("observables") or list(obs.outputs)
+            est = stats.realization_estimates({n: obs.outputs[n] for n in names}, total)
+            worst = 0.0
+            for mean_r, se_r in est.values():
+                _, se, _ = stats.disorder_average(mean_r, se_r)
+                worst = max(worst, float(np.nanmax(se)) if np.isfinite(se).any() else np.inf)
+            n = int(total.count.min()) * (2 if self.cfg["method"]["antithetic"] else 1)
+            decision = bool(worst <= target)
+            log.info("stopping rule: max stderr %.3g %s target %.3g after %d samples per "
+                     "realization%s", worst, "<=" if decision else ">", target, n,
+                     ": stopping" if decision else "")
+        return self.comm.bcast(decision, root=0)
+
+    def check_stop_config(self):
+        stop = self.cfg.get("stop") or {}
+        if not stop:
+            return
+        if stop.get("stderr_target", 0.0) < 0:
+            raise config_mod.ConfigError("stop.stderr_target: must be >= 0")
+        if stop.get("check_samples", 0) < 0:
+            raise config_mod.ConfigError("stop.check_samples: must be >= 0")
+        known = self.observable_set(self.build_model(0)).outputs
+        for k, name in enumerate(stop.get("observables") or []):
+            if name not in known:
+                raise config_mod.ConfigError(f"stop.observables[{k}]: {name!r} is not an output "
+                                             f"of this run (known: {sorted(known)})")
+
+    def _reduce(self, local):
+        return stats.Moments(*(parallel.reduce_sum(self.comm, a) for a in
+                               (local.count, local.s1, local.s2, local.sx)), local.cross)
+
+    def finish(self, obs, local, wall):
+        """Reduce moments to rank 0 and build the result there."""
+        total = self._reduce(local)
+        if self.comm.rank != 0:
+            return None
+        est = stats.realization_estimates(obs.outputs, total)
+        outputs = {}
+        deterministic = self.method == "meanfield" and self.state.is_pure
+        for name, (mean_r, se_r) in est.items():
+            if deterministic:
+                se_r = np.zeros_like(mean_r)
+            mean, se, within = stats.disorder_average(mean_r, se_r)
+            o = obs.outputs[name]
+            outputs[name] = dict(mean=mean, stderr=se, stderr_within=within, real_mean=mean_r,
+                                 real_stderr=se_r, description=o.description, labels=o.labels,
+                                 kind=o.kind)
+        per_unit = 2 if self.cfg["method"]["antithetic"] else 1
+        res = RunResult(self.cfg, self.times, self.method, outputs, total,
+                        int(total.count.sum()) * per_unit, wall, self.comm.size,
+                        self.backend_used())
+        if self.cfg["output"]["compare_exact"] and self.n_sites <= 20:
+            res.exact = self.run_exact(serial=True).outputs
+        return res
+
+    def backend_used(self):
+        if self.method == "operator":
+            return "numpy-density"
+        from . import kernels
+        return kernels.resolve_backend(self.backend)
+
+    # -- exact reference ------------------------------------------------------------------------
+    def run_exact(self, serial=False):
+        """Exact dynamics per realization (split over ranks), disorder-averaged on rank 0."""
+        from . import exact
+        t0 = time.time()
+        comm = parallel.SerialComm() if serial else self.comm
+        R = self.cfg["disorder"]["realizations"]
+        mine = parallel.split_items(R, comm)
+        rows = {}
+        for r in mine:
+            H = self.build_model(r)
+            obs = self.observable_set(H)
+            mean, _ = exact.evolve(H, self.state, self.times, obs.columns,
+                                   seed=self.cfg["method"]["seed"], realization=r,
+                                   draws=self.cfg["output"]["exact_draws"])
+            rows[r] = mean
+        gathered = comm.gather(rows, root=0)
+        if comm.rank != 0:
+            return None
+        allrows = {}
+        for g in gathered:
+            allrows.update(g)
+        cols = np.array([allrows[r] for r in range(R)])
+        obs = self.observable_set(self.build_model(0))
+        vals = stats.exact_connected(obs.outputs, cols)
+        outputs = {}
+        for name, v in vals.items():
+            mean, se, _ = stats.disorder_average(v)
+            o = obs.outputs[name]
+            outputs[name] = dict(mean=mean, stderr=None, stderr_within=None,
+                                 stderr_disorder=se if R > 1 else None,
+                                 real_mean=v, real_stderr=None, description=o.description,
+                                 labels=o.labels, kind=o.kind)
+        return RunResult(self.cfg, self.times, "exact", outputs, None, 0, time.time() - t0,
+                         comm.size, "exact")
+
+
+def propagate(problem, plan, init, method, dt, n_steps, out_every, tf_tab, backend="auto"):
+    """Integrate one batch of initial conditions; per-sample columns (n_t, K, S)."""
+    if method == "operator":
+        from .dynamics import DensityPropagator, rk4
+        prop = DensityPropagator(problem, plan)
+        rho = DensityPropagator.from_vectors(problem, init.psi, init.weights)
+        cols, _ = rk4(prop, rho, 0.0, dt, n_steps, out_every, tf_tab, init.sample_ids)
+        return cols
+    from . import kernels
+    cols, _ = kernels.integrate(problem, plan, init.psi, init.weights, 0.0, dt, n_steps,
+                                out_every, tf_tab, sample_ids=init.sample_ids, backend=backend)
+    return cols
+
+
+class _Loop:
+    """The block loop of one rank: integrate, accumulate, checkpoint, exchange status."""
+
+    def __init__(self, sim, items, own, local, checkpoint, flag, progress):
+        self.sim, self.items, self.own, self.local = sim, items, own, local
+        self.checkpoint, self.flag, self.progress = checkpoint, flag, progress
+        self.blocks = 0      # blocks finished by this process (all stages)
+        self.samples = 0
+        self.reason = None
+        self.cache = {}
+
+    def _stop_requested(self):
+        stop = self.flag is not None and self.flag.check(self.blocks)
+        if stop and self.reason is None:
+            self.reason = self.flag.reason
+        return stop
+
+    def run(self, mine):
+        """Run the item indices ``mine``; True if a stop was requested (on any rank).
+
+        A rank whose own stop flag is set takes no new block; it keeps exchanging its status
+        (stop = 1, finished = whether its list is done) until every rank has seen the stop in
+        the same exchange.  All ranks finished wins over a stop (the output is then written).
+        """
+        sim = self.sim
+        sync = parallel.Sync(sim.comm, 4)
+        anti = sim.cfg["method"]["antithetic"]
+        n_done = 0
+        delay = float(os.environ.get("CTWA_TEST_BLOCK_DELAY_S", "0") or 0)  # test hook
+        for i in mine:
+            if self._stop_requested():
+                break
+            it = self.items[i]
+            self.local.add(it.realization, sim.run_block(it, self.cache), antithetic=anti)
+            if delay:
+                time.sleep(delay)
+            self.own.append(i)
+            n_done += 1
+            self.blocks += 1
+            self.samples += it.stop - it.start
+            if self.checkpoint is not None:
+                self.checkpoint.maybe_save(self.own, self.local)
+            res = sync.exchange([self.blocks, self.samples, 0.0, 0.0])
+            if res is not None:
+                self.progress.update(res)
+                if res[2] > 0:
+                    return True
+        finished = float(n_done == len(mine))
+        while True:  # no work taken any more: exchange until all finished or a stop is seen
+            res = sync.exchange([self.blocks, self.samples, float(self._stop_requested()),
+                                 finished], wait=True)
+            self.progress.update(res)
+            if res[3] >= sim.comm.size:
+                return False
+            if res[2] > 0:
+                return True
+
+
+def _hms(seconds):
+    """12.3s, 4m05s, 2h03m (or '?' when unknown)."""
+    if not np.isfinite(seconds):
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m < 60 else f"{m // 60}h{m % 60:02d}m"
+
+
+class Progress:
+    """Progress lines on rank 0: samples done over all ranks (~%), elapsed, remaining, rate.
+
+    Fed with the global status sums of :class:`~ctwa_hpc.parallel.Sync` (blocks, samples of
+    this process run), so it needs no extra communication.
+    """
+
+    def __init__(self, comm, total, already, n_blocks, every_s, quiet):
+        self.total, self.already, self.n_blocks = total, already, n_blocks
+        self.every, self.quiet = every_s, quiet or comm.rank != 0
+        self.t0 = self.last = time.time()
+        self.blocks = self.samples = 0
+
+    def update(self, res):
+        self.blocks, self.samples = int(res[0]), int(res[1])
+        now = time.time()
+        if self.quiet or now - self.last < self.every:
+            return
+        self.last = now
+        self._line(now, "progress")
+
+    def _line(self, now, what):
+        done = min(self.already + self.samples, self.total)
+        el = now - self.t0
+        rate = self.samples / el if el > 0 else 0.0
+        rem = (self.total - done) / rate if rate > 0 else float("nan")
+        log.info("%s: samples %d/%d (~%.0f%%), elapsed %s, remaining ~%s, rate %.4g "
+                 "samples/s", what, done, self.total, 100.0 * done / max(self.total, 1),
+                 _hms(el), _hms(rem), rate)
+
+    def final(self):
+        if not self.quiet:
+            self._line(time.time(), "done")
