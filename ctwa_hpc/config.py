@@ -13,7 +13,9 @@ Sections and keys (README.md documents each one; ``SCHEMA`` below is the source 
                   backend, batch
 ``[time]``        dt, t_max, output_dt
 ``[observables]`` names, pairs, custom, subsystems
-``[output]``      path, compare_exact, checkpoint_every_s, progress_every_s, exact_draws
+``[output]``      path, compare_exact, checkpoint_every_s, progress_every_s, exact_draws,
+                  write_partial
+``[stop]``        stderr_target, observables, check_samples (optional stopping rule)
 """
 from __future__ import annotations
 
