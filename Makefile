@@ -4,6 +4,7 @@
 #   make bench      kernel benchmark (ratios vs NumPy path and single-core dgemm)
 #   make bench-mpi  strong/weak scaling 1 -> 2 ranks
 #   make test-slurm submit a small job script to a local single-node SLURM (needs root)
+#   make figures    the paper's figures 4-9 (+ discrete sampling) into figures/, < 30 min here
 #   make ARCH=native ...   tune the kernels for this machine's CPU; OPENMP=1 for threads
 # On a supercomputer load the MPI/HDF5 modules first: with mpicc on PATH nothing calls apt.
 
@@ -69,7 +70,11 @@ bench-mpi: build
 	$(PY) -m ctwa_hpc.bench_mpi
 
 figures: build
-	$(PY) -m ctwa_hpc plot --all
+	@if command -v mpirun >/dev/null 2>&1 && $(PY) -c 'import mpi4py' 2>/dev/null; then \
+	  mpirun -n $(NP) $(PY) -m mpi4py -m ctwa_hpc plot --all --outdir figures; \
+	else \
+	  $(PY) -m ctwa_hpc plot --all --outdir figures; \
+	fi
 
 clean:
 	rm -rf build *.egg-info cython_kernels/*.c ctwa_hpc/_kernels/*.so $(STAMP_BUILD) out

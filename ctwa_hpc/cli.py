@@ -1,9 +1,11 @@
-"""Command line: ``ctwa-hpc run|exact|bench|info`` (also ``python -m ctwa_hpc``).
+"""Command line: ``ctwa-hpc run|exact|bench|info|plot`` (also ``python -m ctwa_hpc``).
 
     ctwa-hpc run CONFIG.toml [-o OUT.h5] [--set section.key=value ...] [--force] [--resume] [-q]
     ctwa-hpc exact CONFIG.toml [-o OUT.h5] [--set ...] [--force]
     ctwa-hpc bench [--quick] [--json PATH]
     ctwa-hpc info OUT.h5
+    ctwa-hpc plot [fig4 ... | --all] [--outdir DIR] [--force]      (the paper's figures)
+    ctwa-hpc plot --file OUT.h5 --obs NAME [--index I] [-o PNG]       (any output file)
 
 Under MPI launch it as ``mpirun -n P python -m mpi4py -m ctwa_hpc run CONFIG.toml`` so that a
 failing rank aborts the whole job instead of hanging it.
@@ -58,7 +60,41 @@ def build_parser():
         pass
     p = sub.add_parser("info", help="summarize an output file")
     p.add_argument("path")
+    p = sub.add_parser("plot", help="the paper's figures 4-9, or one observable of a file")
+    p.add_argument("figures", nargs="*", help="fig4 fig5 fig6 fig7 fig8 fig9 discrete")
+    p.add_argument("--all", action="store_true", help="every figure")
+    p.add_argument("--outdir", default="figures", help="figure and data directory")
+    p.add_argument("--force", action="store_true", help="recompute cached runs")
+    p.add_argument("--format", default="png", choices=["png", "pdf"], help="image format")
+    p.add_argument("--file", help="plot an output file instead of the paper's figures")
+    p.add_argument("--obs", help="observable name (with --file)")
+    p.add_argument("--index", type=int, default=0, help="component, e.g. the site (with --file)")
+    p.add_argument("-o", "--output", help="image path (with --file)")
     return ap
+
+
+def plot_command(args):
+    from . import figures
+    if args.file:
+        if not args.obs:
+            print("ctwa-hpc: error: plot --file needs --obs", file=sys.stderr)
+            return 2
+        out = args.output or os.path.splitext(args.file)[0] + f"_{args.obs}.{args.format}"
+        print(figures.plot_file(args.file, args.obs, out, args.index))
+        return 0
+    names = list(figures.FIGURES) if args.all else args.figures
+    if not names:
+        print("ctwa-hpc: error: name figures or use --all", file=sys.stderr)
+        return 2
+    from . import parallel
+    comm = parallel.get_comm()
+    setup_logging(comm, True)
+    try:
+        figures.make(names, args.outdir, args.force, comm, args.format)
+    except ValueError as exc:
+        print(f"ctwa-hpc: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv=None):
@@ -70,6 +106,8 @@ def main(argv=None):
         from . import io
         print_summary(io.load(args.path))
         return 0
+    if args.command == "plot":
+        return plot_command(args)
     from . import parallel
     comm = parallel.get_comm()
     code = run_command(args, comm)

@@ -12,7 +12,7 @@ Sections and keys (README.md documents each one; ``SCHEMA`` below is the source 
 ``[method]``      kind, cluster_size, offsets, clusters, samples, seed, antithetic, sampling,
                   backend, batch
 ``[time]``        dt, t_max, output_dt
-``[observables]`` names, pairs, custom, subsystems
+``[observables]`` names, pairs, custom, subsystems, kick
 ``[output]``      path, compare_exact, checkpoint_every_s, progress_every_s, exact_draws,
                   write_partial
 ``[stop]``        stderr_target, observables, check_samples (optional stopping rule)
@@ -71,6 +71,7 @@ SCHEMA = {
         "pairs": (list, None, "site pairs for czz/czz_connected (default: nearest neighbours)"),
         "custom": (list, [], "custom Pauli strings: [{name, ops}]"),
         "subsystems": (list, None, "site sets for entropy/renyi2/rdm_min_eig (default: (i, i+1))"),
+        "kick": (str, None, "Pauli string O: adds <{O(0),Q(t)}> and i<[O(0),Q(t)]> outputs"),
     },
     "output": {
         "path": (str, "ctwa_out.h5", "HDF5 output file"),
@@ -175,7 +176,7 @@ def _semantic_checks(cfg):
     if meth["sampling"] not in ("gaussian", "discrete"):
         raise ConfigError(f"method.sampling: expected 'gaussian' or 'discrete', got "
                           f"{meth['sampling']!r}")
-    if meth["sampling"] == "discrete" and meth["kind"] not in ("operator", "reduced"):
+    if meth["sampling"] == "discrete" and meth["kind"] not in ("operator", "reduced", "exact"):
         raise ConfigError("method.sampling: 'discrete' applies to method.kind 'operator' or "
                           "'reduced' only")
     if meth["backend"] not in BACKENDS:
@@ -212,6 +213,10 @@ def _semantic_checks(cfg):
     for k, n in enumerate(cfg["observables"]["names"]):
         if not isinstance(n, str):
             raise ConfigError(f"observables.names[{k}]: expected a string, got {n!r}")
+    if cfg["observables"]["kick"] is not None and meth["kind"] == "operator":
+        raise ConfigError("observables.kick: two-time correlators need the tangent equations of "
+                          "the vector form; use method.kind = 'reduced' (the same trajectories "
+                          "as 'operator')")
     o = cfg["output"]
     _positive(cfg, "output", "checkpoint_every_s")
     _positive(cfg, "output", "progress_every_s")

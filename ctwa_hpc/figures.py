@@ -63,10 +63,10 @@ class Runner:
             if data["attrs"].get("config_toml") == config_mod.dumps(cfg):
                 return data
         sim = Simulation(cfg, self.comm, quiet=self.quiet)
-        res = sim.run_exact() if exact else sim.run()
-        if res is None:  # non-root rank
-            return None
-        io.write_result(path, res, force=True)
+        res = sim.run_exact() if exact else sim.run()   # collective under MPI
+        if sim.comm.rank == 0:
+            io.write_result(path, res, force=True)
+        sim.comm.bcast(None, root=0)                    # every rank waits for the file
         return io.load(path)
 
 

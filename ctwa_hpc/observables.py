@@ -56,7 +56,7 @@ class ObservableSet:
     """The observables of a run, as columns of Pauli-string sums (one source of truth)."""
 
     def __init__(self, n_sites, names=("sz",), pairs=None, custom=(), hamiltonian=None,
-                 subsystems=None):
+                 subsystems=None, kick=None):
         self.n_sites = n_sites
         self.columns = []          # list of tuples ((coef, ops), ...)
         self._col_index = {}
@@ -75,6 +75,9 @@ class ObservableSet:
             self._add_custom(c, k)
         if not self.outputs:
             raise ValueError("observables.names: no observable requested")
+        self.kick = None
+        if kick is not None:
+            self._add_two_time(kick)
 
     # -- building ---------------------------------------------------------------------------
     def _check_pair(self, p, k):
@@ -208,9 +211,41 @@ class ObservableSet:
         col = self.column([(1.0, ops)])
         self.outputs[name] = Output(name, "direct", np.array([col]), f"<{spec['ops']}>")
 
+    def _add_two_time(self, kick):
+        """Two-time outputs for every direct output Q, with O = ``kick`` at t = 0:
+
+        ``<Q>_anticomm`` = ⟨{O(0), Q(t)}⟩ → 2 O_W(0) Q_W(t) (eq. (21)), and
+        ``<Q>_response`` = i⟨[O(0), Q(t)]⟩ = d Q_W(t)/dε after the kick e^{−iεO} at t = 0
+        (eqs. (12), (22)), from the tangent equations.  They occupy the statistics columns
+        K..2K−1 and 2K..3K−1 after the K ordinary columns.
+        """
+        from .pauli import parse_pauli_string
+        ops = parse_pauli_string(kick, "observables.kick")
+        if not ops:
+            raise ValueError("observables.kick: the identity generates no dynamics")
+        for s, _ in ops:
+            if not 0 <= s < self.n_sites:
+                raise ValueError(f"observables.kick: site {s} outside 0..{self.n_sites - 1}")
+        self.kick = ops
+        K = self.n_columns
+        for name, out in list(self.outputs.items()):
+            if out.kind != "direct":
+                continue
+            for k, (suffix, desc) in enumerate(
+                    (("anticomm", "<{O(0), Q(t)}> with O = " + kick),
+                     ("response", "i<[O(0), Q(t)]> with O = " + kick)), start=1):
+                self.outputs[f"{name}_{suffix}"] = Output(f"{name}_{suffix}", "direct",
+                                                          out.cols + k * K, desc, out.labels)
+
     @property
     def n_columns(self):
+        """Number of Pauli-string columns evaluated on trajectories (kernel columns)."""
         return len(self.columns)
+
+    @property
+    def n_stat_columns(self):
+        """Columns accumulated in the moments: K, or 3K with two-time outputs."""
+        return self.n_columns * (3 if self.kick is not None else 1)
 
     # -- compilation for CTWA -----------------------------------------------------------------
     def compile(self, partition):

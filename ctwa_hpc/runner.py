@@ -95,7 +95,8 @@ class Simulation:
     def observable_set(self, hamiltonian):
         o = self.cfg["observables"]
         return observables.ObservableSet(self.n_sites, o["names"], o["pairs"], o["custom"],
-                                         hamiltonian, subsystems=o.get("subsystems"))
+                                         hamiltonian, subsystems=o.get("subsystems"),
+                                         kick=o.get("kick"))
 
     def partitions(self):
         if self._parts is None:
@@ -108,16 +109,28 @@ class Simulation:
         return self._parts
 
     @property
+    def deterministic(self):
+        """A pure-state mean field run: one noise-free trajectory per (realization, offset)."""
+        return self.method == "meanfield" and self.state.is_pure
+
+    @property
     def samples(self):
         """Samples per (realization, offset); a pure-state mean field run needs only one."""
-        if self.method == "meanfield" and self.state.is_pure:
-            return 1
-        return self.cfg["method"]["samples"]
+        return 1 if self.deterministic else self.cfg["method"]["samples"]
+
+    @property
+    def antithetic(self):
+        return self.cfg["method"]["antithetic"] and not self.deterministic
+
+    @property
+    def n_replicas(self):
+        """Moment rows: one per (realization, cluster offset), row = stream_key(r, offset)."""
+        return self.cfg["disorder"]["realizations"] * len(self.partitions())
 
     def plan_work(self):
         """All work items in a fixed global order (independent of the number of ranks)."""
         batch = self.cfg["method"]["batch"]
-        if self.cfg["method"]["antithetic"] and batch % 2:
+        if self.antithetic and batch % 2:
             batch += 1
         items = []
         for r in range(self.cfg["disorder"]["realizations"]):
@@ -144,20 +157,42 @@ class Simulation:
         return cache
 
     def run_block(self, item, cache):
-        """Per-sample columns (n_t, K, S) of one work item."""
+        """Per-sample statistics columns (n_t, K or 3K, S) of one work item."""
         ctx = self._context(item.realization, item.offset_index, cache)
         ids = np.arange(item.start, item.stop)
         init = sampling.draw_batch(ctx["problem"], self.state, self.method,
                                    self.cfg["method"]["seed"],
                                    self.stream_key(item.realization, item.offset_index), ids,
-                                   antithetic=self.cfg["method"]["antithetic"])
+                                   antithetic=self.antithetic,
+                                   scheme=self.cfg["method"]["sampling"])
+        if ctx["obs"].kick is not None:
+            return propagate_two_time(ctx["problem"], ctx["plan"], init, ctx["obs"].kick,
+                                      self.dt, self.n_steps, self.out_every, ctx["tf_tab"],
+                                      self.backend)
         return propagate(ctx["problem"], ctx["plan"], init, self.method, self.dt, self.n_steps,
                          self.out_every, ctx["tf_tab"], self.backend)
 
     def new_moments(self):
         obs = self.observable_set(self.build_model(0))
-        return obs, stats.Moments.zeros(self.cfg["disorder"]["realizations"], len(self.times),
-                                        obs.n_columns, obs.cross)
+        return obs, stats.Moments.zeros(self.n_replicas, len(self.times), obs.n_stat_columns,
+                                        obs.cross)
+
+    def estimates(self, outputs, total):
+        """Per-realization (mean, stderr) of every output, averaged over cluster offsets.
+
+        Nonlinear outputs (connected correlators, entropies) are formed per (realization,
+        offset) first and then averaged, as in fig. 7 of the paper; the offset average of
+        independent estimates has stderr √(Σ_o se_o²)/n_offsets.
+        """
+        R, O = self.cfg["disorder"]["realizations"], len(self.partitions())
+        out = {}
+        for name, (mean, se) in stats.realization_estimates(outputs, total).items():
+            mean = mean.reshape((R, O) + mean.shape[1:]).mean(axis=1)
+            se = np.sqrt((se.reshape((R, O) + se.shape[1:]) ** 2).sum(axis=1)) / O
+            if self.deterministic:
+                se = np.zeros_like(mean)
+            out[name] = (mean, se)
+        return out
 
     def stages(self, items):
         """Item indices grouped into the stages between two checks of the stopping rule.
@@ -238,12 +273,12 @@ class Simulation:
         decision = None
         if self.comm.rank == 0:
             names = stop.get("observables") or list(obs.outputs)
-            est = stats.realization_estimates({n: obs.outputs[n] for n in names}, total)
+            est = self.estimates({n: obs.outputs[n] for n in names}, total)
             worst = 0.0
             for mean_r, se_r in est.values():
                 _, se, _ = stats.disorder_average(mean_r, se_r)
                 worst = max(worst, float(np.nanmax(se)) if np.isfinite(se).any() else np.inf)
-            n = int(total.count.min()) * (2 if self.cfg["method"]["antithetic"] else 1)
+            n = int(total.count.min()) * (2 if self.antithetic else 1)
             decision = bool(worst <= target)
             log.info("stopping rule: max stderr %.3g %s target %.3g after %d samples per "
                      "realization%s", worst, "<=" if decision else ">", target, n,
@@ -273,18 +308,15 @@ class Simulation:
         total = self._reduce(local)
         if self.comm.rank != 0:
             return None
-        est = stats.realization_estimates(obs.outputs, total)
+        est = self.estimates(obs.outputs, total)
         outputs = {}
-        deterministic = self.method == "meanfield" and self.state.is_pure
         for name, (mean_r, se_r) in est.items():
-            if deterministic:
-                se_r = np.zeros_like(mean_r)
             mean, se, within = stats.disorder_average(mean_r, se_r)
             o = obs.outputs[name]
             outputs[name] = dict(mean=mean, stderr=se, stderr_within=within, real_mean=mean_r,
                                  real_stderr=se_r, description=o.description, labels=o.labels,
                                  kind=o.kind)
-        per_unit = 2 if self.cfg["method"]["antithetic"] else 1
+        per_unit = 2 if self.antithetic else 1
         res = RunResult(self.cfg, self.times, self.method, outputs, total,
                         int(total.count.sum()) * per_unit, wall, self.comm.size,
                         self.backend_used())
@@ -313,6 +345,13 @@ class Simulation:
             mean, _ = exact.evolve(H, self.state, self.times, obs.columns,
                                    seed=self.cfg["method"]["seed"], realization=r,
                                    draws=self.cfg["output"]["exact_draws"])
+            if obs.kick is not None:
+                if not self.state.is_pure:
+                    raise ValueError("observables.kick: the exact two-time reference needs a "
+                                     "pure initial state")
+                anti, resp = exact.two_time(H, self.state.theta, self.state.phi, self.times,
+                                            obs.columns, obs.kick)
+                mean = np.concatenate([mean, anti, resp], axis=1)
             rows[r] = mean
         gathered = comm.gather(rows, root=0)
         if comm.rank != 0:
@@ -349,6 +388,23 @@ def propagate(problem, plan, init, method, dt, n_steps, out_every, tf_tab, backe
     return cols
 
 
+def propagate_two_time(problem, plan, init, kick_ops, dt, n_steps, out_every, tf_tab,
+                       backend="auto"):
+    """Trajectory plus tangent after the kick e^{−iεO}: columns [Q, 2 O_W(0) Q, dQ/dε].
+
+    Returns (n_t, 3K, S): the ordinary columns, the symmetric two-time products (eq. (21))
+    and the linear responses i⟨[O(0), Q(t)]⟩ (eqs. (12), (22)).
+    """
+    from . import kernels
+    from .dynamics import kick
+    dpsi, ow0 = kick(problem, kick_ops, init.psi, init.weights)
+    cols, _, _ = kernels.integrate_tangent(problem, plan, init.psi, dpsi, init.weights, 0.0, dt,
+                                           n_steps, out_every, tf_tab,
+                                           sample_ids=init.sample_ids, backend=backend)
+    K = plan.n_columns
+    return np.concatenate([cols[:, :K], 2.0 * ow0 * cols[:, :K], cols[:, K:]], axis=1)
+
+
 class _Loop:
     """The block loop of one rank: integrate, accumulate, checkpoint, exchange status."""
 
@@ -375,14 +431,15 @@ class _Loop:
         """
         sim = self.sim
         sync = parallel.Sync(sim.comm, 4)
-        anti = sim.cfg["method"]["antithetic"]
+        anti = sim.antithetic
         n_done = 0
         delay = float(os.environ.get("CTWA_TEST_BLOCK_DELAY_S", "0") or 0)  # test hook
         for i in mine:
             if self._stop_requested():
                 break
             it = self.items[i]
-            self.local.add(it.realization, sim.run_block(it, self.cache), antithetic=anti)
+            self.local.add(sim.stream_key(it.realization, it.offset_index),
+                           sim.run_block(it, self.cache), antithetic=anti)
             if delay:
                 time.sleep(delay)
             self.own.append(i)
