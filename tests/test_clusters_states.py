@@ -13,20 +13,7 @@ from ctwa_hpc import clusters, exact, models, sampling, states
 from ctwa_hpc.clusters import Partition
 from ctwa_hpc.hamiltonian import Hamiltonian
 
-SIG = {
-    "I": np.eye(2, dtype=complex),
-    "X": np.array([[0, 1], [1, 0]], dtype=complex),
-    "Y": np.array([[0, -1j], [1j, 0]], dtype=complex),
-    "Z": np.array([[1, 0], [0, -1]], dtype=complex),
-}
-
-
-def kron_labels(labels):
-    """labels[k] acts on bit k; bit 0 is the last Kronecker factor."""
-    mat = np.ones((1, 1), dtype=complex)
-    for lab in reversed(labels):
-        mat = np.kron(mat, SIG[lab])
-    return mat
+from dense_reference import SIG, kron_string as kron_labels  # noqa: E402,F401
 
 
 def pauli_basis(n):

@@ -11,21 +11,7 @@ import pytest
 from ctwa_hpc import models, pauli
 from ctwa_hpc.hamiltonian import Hamiltonian, TimeFunction
 
-# Independent single-qubit matrices (not taken from ctwa_hpc) in the basis (|↑>, |↓>).
-SIG = {
-    "I": np.eye(2, dtype=complex),
-    "X": np.array([[0, 1], [1, 0]], dtype=complex),
-    "Y": np.array([[0, -1j], [1j, 0]], dtype=complex),
-    "Z": np.array([[1, 0], [0, -1]], dtype=complex),
-}
-
-
-def kron_string(labels):
-    """Dense matrix of ``labels[k]`` on bit k; bit 0 is the least significant (last factor)."""
-    mat = np.ones((1, 1), dtype=complex)
-    for lab in reversed(labels):
-        mat = np.kron(mat, SIG[lab])
-    return mat
+from dense_reference import SIG, kron_string  # noqa: E402,F401
 
 
 def dense_hamiltonian(h):
