@@ -9,6 +9,8 @@ read every 10 steps, dt = 0.01):
 ``heis64_c6``    clusters of 6 (D = 64; 64 = 10·6 + 4, the last cluster has 4 sites)
 ``ising20_c4``   chaotic Ising chain eq. (39), N = 20, clusters of 4
 ``heis1024_c4``  Heisenberg N = 1024, clusters of 4 (per-site cost must match heis64_c4)
+``heis64_c4_tangent``  heis64_c4 with the tangent δψ integrated alongside (linear response,
+                 :func:`~ctwa_hpc.kernels.integrate_tangent`; kick σz on site 0)
 ===============  ==========================================================================
 
 Every rate is single-core: the kernel runs with one thread and the dgemm reference
@@ -22,7 +24,11 @@ Reported per case: ``sample_steps_per_s`` (RK4 steps × samples per second), ``g
 :class:`~ctwa_hpc.dynamics.NumpyPropagator` timed on the same case with fewer steps and
 normalized per sample-step), ``ns_per_site_step`` (``site_cost_vs_heis64_c4`` for the large
 chain), ``ns_per_cluster_step`` and ``ns_per_unit`` = ns per cluster-step divided by the mean
-of D_c × (distinct masks of c) — constant when a cluster costs O(D × masks).
+of D_c × (distinct masks of c) — constant when a cluster costs O(D × masks).  A tangent case
+(trajectory + tangent per sample-step) also reports ``tangent`` (true),
+``trajectory_sample_steps_per_s`` (the same case without the tangent, timed interleaved with
+it) and ``cost_vs_trajectory`` (the ratio of the two rates: the cost of trajectory + tangent in
+units of the trajectory alone); its flop count and NumPy reference include the tangent.
 
 Flop count (per sample, as the kernel executes it; an FMA counts 2, nothing counts twice)
 ---------------------------------------------------------------------------------------
@@ -39,7 +45,14 @@ Per RK4 stage:
   diagonal (|ψ_b|²), plus 2 per (operator, pair).
 
 Per output step (amortized over ``out_every``): the Weyl symbols of the observable entries
-(same rule) and, per column term, one multiply per factor plus one add.  Not counted: sign
+(same rule) and, per column term, one multiply per factor plus one add.
+
+With the tangent (``flop_count(..., tangent=True)``), in addition: the tangent fields (4 per
+coupling); per vector and term the product c·δψ (4 or 8) and, for terms with coupling items,
+δc = Σ coef · δfield (2 per item) and δc·ψ (4 or 8); the RK4 update of δψ (28); the tangent
+Weyl symbols, per pair 14 (R = 1) or 18 per vector (δQ = conj(ψ_b) δψ_{b^m} +
+conj(δψ_b) ψ_{b^m}), 4 or 6 on the diagonal, plus 2 per (operator, pair); per output column
+term 3 per factor (product rule) plus one add.  Not counted: sign
 flips, copies in and out, finite checks and the per-chunk update of time-dependent
 coefficients.  The count is that of the algorithm as implemented: the Hermitian pairing,
 the merging of masks and the dropping of zero coefficients make it *smaller* than the count
@@ -71,6 +84,7 @@ class Case:
     model: str
     n_sites: int
     cluster_size: int
+    tangent: bool = False
 
 
 CASES = (
@@ -79,30 +93,45 @@ CASES = (
     Case("heis64_c6", "heisenberg", 64, 6),
     Case("ising20_c4", "ising_chaotic", 20, 4),
     Case("heis1024_c4", "heisenberg", 1024, 4),
+    Case("heis64_c4_tangent", "heisenberg", 64, 4, tangent=True),
 )
+KICK = ((0, "Z"),)   # tangent cases: δψ(0) of the kick e^{-iεσz_0}
 REFERENCE_CASE = "heis64_c4"
 
 
 # ------------------------------------------------------------------------------------------
 # flop count
 # ------------------------------------------------------------------------------------------
-def _weyl_flops(ex, R):
-    """Flops of one evaluation of the Weyl symbols of an expectation table (per sample)."""
+def _weyl_flops(ex, R, tangent=False):
+    """Flops of one evaluation of the Weyl symbols of an expectation table (per sample);
+    with ``tangent`` also of their tangents."""
     mask, npair = ex["g_mask"], ex["g_np"]
     n_items = np.diff(ex["g_it"])
     per_pair = np.where(mask == 0, 3 if R == 1 else 5, 6 if R == 1 else 10) * R
-    return float(np.sum(npair * per_pair) + 2 * np.sum(npair * n_items))
+    flops = float(np.sum(npair * per_pair) + 2 * np.sum(npair * n_items))
+    if tangent:
+        per_pair = np.where(mask == 0, 4 if R == 1 else 6, 14 if R == 1 else 18) * R
+        flops += float(np.sum(npair * per_pair) + 2 * np.sum(npair * n_items))
+    return flops
 
 
-def flop_count(tables, R, out_every):
-    """Flops per sample and RK4 step of the compiled kernel (see the module docstring)."""
+def flop_count(tables, R, out_every, tangent=False):
+    """Flops per sample and RK4 step of the compiled kernel (see the module docstring);
+    ``tangent``: of the trajectory plus its tangent (``integrate_tangent``)."""
     rows = tables["rows"]
     n_items = np.diff(rows["t_it"])
-    rhs = R * (2 * n_items.sum() + np.where(rows["t_kind"] == 3, 8, 4).sum())
-    stage = 4 * len(tables["cp_J"]) + rhs + _weyl_flops(tables["dex"], R)
-    step = 4 * stage + 28 * tables["A"] * R
+    mac = np.where(rows["t_kind"] == 3, 8, 4)
+    rhs = R * (2 * n_items.sum() + mac.sum())
+    fields = 4 * len(tables["cp_J"])
+    if tangent:
+        rhs += R * (mac.sum() + np.sum((n_items > 0) * (2 * n_items + mac)))
+        fields *= 2
+    stage = fields + rhs + _weyl_flops(tables["dex"], R, tangent)
+    step = 4 * stage + (2 if tangent else 1) * 28 * tables["A"] * R
     n_fac = np.diff(tables["term_ptr"])
-    output = _weyl_flops(tables["oex"], R) + float(np.sum(n_fac + 1))
+    output = _weyl_flops(tables["oex"], R, tangent) + float(np.sum(n_fac + 1))
+    if tangent:
+        output += float(np.sum(3 * n_fac + 1))
     return float(step + output / out_every)
 
 
@@ -137,7 +166,7 @@ def dgemm_gflops(n=1000, reps=5):
 # cases
 # ------------------------------------------------------------------------------------------
 def build_case(case, n_samples, seed=1):
-    """(problem, plan, psi0, weights) of a benchmark case."""
+    """(problem, plan, psi0, weights) of a benchmark case (tangent cases: see :func:`kick`)."""
     if case.model == "heisenberg":
         ham = models.heisenberg(case.n_sites, hz=1.0, seed=seed)
     elif case.model == "ising_chaotic":
@@ -150,6 +179,12 @@ def build_case(case, n_samples, seed=1):
     batch = sampling.draw_batch(problem, states.make_state("neel", case.n_sites), "sb", seed, 0,
                                 np.arange(n_samples))
     return problem, plan, batch.psi, batch.weights
+
+
+def kick(problem, psi, weights):
+    """δψ(0) of the tangent cases: the kick e^{-iεσz_0} (:func:`ctwa_hpc.dynamics.kick`)."""
+    from .dynamics import kick as _kick
+    return _kick(problem, KICK, psi, weights)[0]
 
 
 def _sizes(case, quick):
@@ -170,12 +205,24 @@ class _Timed:
         self.case = case
         self.n_samples, self.steps, self.np_samples, self.np_steps = _sizes(case, quick)
         self.problem, self.plan, self.psi, self.weights = build_case(case, self.n_samples)
+        self.dpsi = kick(self.problem, self.psi, self.weights) if case.tangent else None
         self.best = np.inf
+        self.best_traj = np.inf      # tangent cases: the same case without the tangent
 
-    def once(self, backend, steps, samples=None):
-        psi = self.psi if samples is None else np.ascontiguousarray(self.psi[:, :, :samples])
+    def once(self, backend, steps, samples=None, tangent=None):
+        """Time one integration (``tangent``: default the case's; False: trajectory only)."""
+        tangent = self.case.tangent if tangent is None else tangent
+        cut = (lambda x: x) if samples is None else (
+            lambda x: np.ascontiguousarray(x[:, :, :samples]))
+        psi = cut(self.psi)
         tf = np.zeros((len(self.problem.tfuncs), 2 * steps + 1))
         every = OUT_EVERY if steps % OUT_EVERY == 0 else steps
+        if tangent:
+            dpsi = cut(self.dpsi)
+            t = time.perf_counter()
+            kernels.integrate_tangent(self.problem, self.plan, psi, dpsi, self.weights, 0.0, DT,
+                                      steps, every, tf, backend=backend, threads=1)
+            return time.perf_counter() - t
         t = time.perf_counter()
         kernels.integrate(self.problem, self.plan, psi, self.weights, 0.0, DT, steps, every, tf,
                           backend=backend, threads=1)
@@ -186,9 +233,14 @@ class _Timed:
         rate = self.n_samples * self.steps / self.best
         rate_np = self.np_samples * self.np_steps / t_np
         flops = flop_count(kernels.compile_tables(problem, self.plan), self.psi.shape[1],
-                           OUT_EVERY)
+                           OUT_EVERY, tangent=case.tangent)
         units = problem.dims * problem.n_distinct_masks()
         gflops = flops * rate / 1e9
+        extra = {}
+        if case.tangent:
+            rate_traj = self.n_samples * self.steps / self.best_traj
+            extra = dict(tangent=True, trajectory_sample_steps_per_s=rate_traj,
+                         cost_vs_trajectory=rate_traj / rate)
         return dict(
             name=case.name, model=case.model, n_sites=case.n_sites,
             cluster_size=case.cluster_size, n_clusters=int(problem.partition.n_clusters),
@@ -200,6 +252,7 @@ class _Timed:
             ns_per_cluster_step=1e9 / (rate * problem.partition.n_clusters),
             mean_D_times_masks=float(units.mean()),
             ns_per_unit=1e9 / (rate * units.sum()),
+            **extra,
         )
 
 
@@ -217,6 +270,8 @@ def bench_cases(cases, quick=False, backend="cython", dgemm=None):
     for _ in range(reps):
         for t in timed:
             t.best = min(t.best, t.once(backend, t.steps))
+            if t.case.tangent:                        # its trajectory alone, same conditions
+                t.best_traj = min(t.best_traj, t.once(backend, t.steps, tangent=False))
     records = []
     for t in timed:
         t.once("numpy", 1, t.np_samples)
@@ -265,13 +320,13 @@ def print_table(report, out=sys.stdout):
             f"OpenMP {'on' if k['openmp'] else 'off'})" if k.get("compiled") else "not compiled")
     print(f"ctwa-hpc bench — backend {report['backend']}, kernel {kern}", file=out)
     print(f"single-core dgemm: {report['dgemm_gflops']:.1f} GFLOP/s", file=out)
-    head = (f"{'case':<12} {'samp-steps/s':>13} {'GFLOP/s':>8} {'/dgemm':>7} {'vs numpy':>9} "
+    head = (f"{'case':<17} {'samp-steps/s':>13} {'GFLOP/s':>8} {'/dgemm':>7} {'vs numpy':>9} "
             f"{'ns/site-step':>12} {'ns/cluster':>10} {'D*masks':>8} {'ns/unit':>8}")
     print(head, file=out)
     print("-" * len(head), file=out)
     for r in report["cases"]:
         ratio = f"{r['ratio_to_dgemm']:.0%}" if r["ratio_to_dgemm"] is not None else "-"
-        print(f"{r['name']:<12} {r['sample_steps_per_s']:>13,.0f} {r['gflops']:>8.1f} "
+        print(f"{r['name']:<17} {r['sample_steps_per_s']:>13,.0f} {r['gflops']:>8.1f} "
               f"{ratio:>7} {r['speedup_vs_numpy']:>8.0f}x {r['ns_per_site_step']:>12.1f} "
               f"{r['ns_per_cluster_step']:>10.1f} {r['mean_D_times_masks']:>8.1f} "
               f"{r['ns_per_unit']:>8.3f}", file=out)
@@ -279,6 +334,11 @@ def print_table(report, out=sys.stdout):
     if big and big["site_cost_vs_heis64_c4"]:
         print(f"heis1024_c4 cost per site-step = {big['site_cost_vs_heis64_c4']:.2f} × heis64_c4",
               file=out)
+    for r in report["cases"]:
+        if r.get("tangent"):
+            print(f"{r['name']}: trajectory + tangent cost {r['cost_vs_trajectory']:.2f} × "
+                  f"the trajectory alone ({r['trajectory_sample_steps_per_s']:,.0f} "
+                  "sample-steps/s)", file=out)
 
 
 # ------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 :func:`integrate` runs a batch of CTWA trajectories (R-vector Gross–Pitaevskii equations,
 eqs. (19)/(61)) with fixed-step RK4 and returns the observable columns at every output step
-plus the final state.  ``backend``:
+plus the final state; :func:`integrate_tangent` integrates the tangent (Jacobian–vector
+product) δψ alongside, for linear response and non-equal-time commutators (eqs. (12),
+(22)–(23)).  ``backend``:
 
 * ``"cython"``: the compiled kernel ``ctwa_hpc._kernels.gp_rk4`` (error if not built);
 * ``"numpy"``: the reference :class:`ctwa_hpc.dynamics.NumpyPropagator` + :func:`~ctwa_hpc.dynamics.rk4`;
@@ -70,6 +72,33 @@ def resolve_backend(backend="auto"):
     return "cython"
 
 
+def _check_args(problem, psi0, weights, n_steps, out_every, tf_tab, sample_ids):
+    """Normalized arguments shared by :func:`integrate` and :func:`integrate_tangent`."""
+    psi0 = np.ascontiguousarray(psi0, dtype=np.complex128)
+    weights = np.ascontiguousarray(weights, dtype=np.float64)
+    n_steps, out_every = int(n_steps), int(out_every)
+    if out_every < 1 or n_steps % out_every:
+        raise ValueError("time.output_dt must be a multiple of time.dt")
+    tf_tab = np.ascontiguousarray(tf_tab, dtype=np.float64)
+    if tf_tab.ndim != 2 or tf_tab.shape[0] != len(problem.tfuncs) \
+            or (tf_tab.shape[0] and tf_tab.shape[1] < 2 * n_steps + 1):
+        raise ValueError(f"tf_tab: expected shape ({len(problem.tfuncs)}, {2 * n_steps + 1}), "
+                         f"got {tf_tab.shape}")
+    if psi0.ndim != 3 or psi0.shape[0] != problem.n_amp or psi0.shape[1] != len(weights):
+        raise ValueError(f"psi0: expected shape ({problem.n_amp}, {len(weights)}, S), "
+                         f"got {psi0.shape}")
+    S = psi0.shape[2]
+    sample_ids = np.arange(S) if sample_ids is None else np.asarray(sample_ids)
+    if sample_ids.shape != (S,):
+        raise ValueError(f"sample_ids: expected {S} indices, got shape {sample_ids.shape}")
+    return psi0, weights, n_steps, out_every, tf_tab, sample_ids
+
+
+def _f64(psi):
+    """float64 view (A, R, S, 2) of a contiguous complex128 array (A, R, S)."""
+    return psi.view(np.float64).reshape(psi.shape + (2,))
+
+
 def integrate(problem, plan, psi0, weights, t0, dt, n_steps, out_every, tf_tab,
               sample_ids=None, backend="auto", threads=None):
     """Integrate a batch with fixed-step RK4 and evaluate observable columns.
@@ -97,33 +126,60 @@ def integrate(problem, plan, psi0, weights, t0, dt, n_steps, out_every, tf_tab,
     dynamics.NonFiniteError  with the first non-finite sample (global id) and its time.
     """
     which = resolve_backend(backend)
-    psi0 = np.ascontiguousarray(psi0, dtype=np.complex128)
-    weights = np.ascontiguousarray(weights, dtype=np.float64)
-    n_steps, out_every = int(n_steps), int(out_every)
-    if out_every < 1 or n_steps % out_every:
-        raise ValueError("time.output_dt must be a multiple of time.dt")
-    tf_tab = np.ascontiguousarray(tf_tab, dtype=np.float64)
-    if tf_tab.ndim != 2 or tf_tab.shape[0] != len(problem.tfuncs) \
-            or (tf_tab.shape[0] and tf_tab.shape[1] < 2 * n_steps + 1):
-        raise ValueError(f"tf_tab: expected shape ({len(problem.tfuncs)}, {2 * n_steps + 1}), "
-                         f"got {tf_tab.shape}")
-    if psi0.ndim != 3 or psi0.shape[0] != problem.n_amp or psi0.shape[1] != len(weights):
-        raise ValueError(f"psi0: expected shape ({problem.n_amp}, {len(weights)}, S), "
-                         f"got {psi0.shape}")
-    S = psi0.shape[2]
-    sample_ids = np.arange(S) if sample_ids is None else np.asarray(sample_ids)
-    if sample_ids.shape != (S,):
-        raise ValueError(f"sample_ids: expected {S} indices, got shape {sample_ids.shape}")
+    psi0, weights, n_steps, out_every, tf_tab, sample_ids = _check_args(
+        problem, psi0, weights, n_steps, out_every, tf_tab, sample_ids)
     if which == "numpy":
         prop = dynamics.NumpyPropagator(problem, plan, weights)
         return dynamics.rk4(prop, psi0, t0, dt, n_steps, out_every, tf_tab, sample_ids)
     tables = compile_tables(problem, plan)
-    cols, psi, bad = _gp.run(tables, psi0.view(np.float64).reshape(psi0.shape + (2,)),
-                             weights, float(dt), n_steps, out_every, tf_tab, threads=threads)
+    cols, psi, bad = _gp.run(tables, _f64(psi0), weights, float(dt), n_steps, out_every, tf_tab,
+                             threads=threads)
     if bad is not None:
         out_idx, s = bad
         raise dynamics.NonFiniteError(sample_ids[s], t0 + out_idx * out_every * dt)
     return cols, psi.view(np.complex128).reshape(psi0.shape)
+
+
+def integrate_tangent(problem, plan, psi0, dpsi0, weights, t0, dt, n_steps, out_every, tf_tab,
+                      sample_ids=None, backend="auto", threads=None):
+    """Integrate a batch together with its tangent δψ (linear response, eqs. (12), (22)–(23)).
+
+    The tangent obeys the linearized R-vector equations
+    ``i ∂t δψ = H_eff δψ + Σ_o δfield_o O_o ψ`` with ``δ(O)_W = Σ_r w_r 2 Re ψ_r† O δψ_r`` and
+    ``δfield = F(t)·δE`` (see :class:`ctwa_hpc.dynamics.TangentPropagator`, the NumPy
+    backend); RK4 acts on the pair (ψ, δψ), every stage evaluating both right-hand sides at the
+    same stage state.  ``dpsi0`` (complex, shape of ``psi0``) is typically the kick of
+    :func:`ctwa_hpc.dynamics.kick`.  Other arguments as for :func:`integrate`.
+
+    Returns
+    -------
+    cols : float64 (n_out, 2K, S): the K observable columns followed by their K tangents
+        δ(column) = Σ_t c_t Σ_f δE_f Π_{g≠f} E_g
+    psi, dpsi : complex128 (A, R, S), the state and the tangent after n_steps
+
+    Raises
+    ------
+    dynamics.NonFiniteError  with the first non-finite sample (global id) and its time.
+    """
+    which = resolve_backend(backend)
+    psi0, weights, n_steps, out_every, tf_tab, sample_ids = _check_args(
+        problem, psi0, weights, n_steps, out_every, tf_tab, sample_ids)
+    dpsi0 = np.ascontiguousarray(dpsi0, dtype=np.complex128)
+    if dpsi0.shape != psi0.shape:
+        raise ValueError(f"dpsi0: expected shape {psi0.shape}, got {dpsi0.shape}")
+    if which == "numpy":
+        prop = dynamics.TangentPropagator(dynamics.NumpyPropagator(problem, plan, weights))
+        cols, (psi, dpsi) = dynamics.rk4(prop, (psi0, dpsi0), t0, dt, n_steps, out_every,
+                                         tf_tab, sample_ids)
+        return cols, psi, dpsi
+    tables = compile_tables(problem, plan)
+    cols, psi, dpsi, bad = _gp.run_tangent(tables, _f64(psi0), _f64(dpsi0), weights, float(dt),
+                                           n_steps, out_every, tf_tab, threads=threads)
+    if bad is not None:
+        out_idx, s = bad
+        raise dynamics.NonFiniteError(sample_ids[s], t0 + out_idx * out_every * dt)
+    return (cols, psi.view(np.complex128).reshape(psi0.shape),
+            dpsi.view(np.complex128).reshape(psi0.shape))
 
 
 # ------------------------------------------------------------------------------------------

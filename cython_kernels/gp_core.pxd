@@ -7,6 +7,16 @@ file) each compile the functions below, so every variant uses its native SIMD wi
 vector type ``vd`` holds ``CTWA_VW`` doubles (8 with AVX-512, 4 with AVX, 2 otherwise) and a
 chunk of ``CTWA_SW = CTWA_NV * CTWA_VW`` samples is ``CTWA_NV`` vectors.  See the docstring of
 ``gp_rk4.pyx`` for the algorithm and the data layout.
+
+The same chunk function integrates the tangent (Jacobian–vector product) δψ alongside the
+trajectory when ``Plan.tan`` is set (linear response, paper eqs. (12), (22)–(23)): the pieces
+of the trajectory (row coefficients ``row_coef``, complex multiply–add ``row_mac``, RK4
+bookkeeping ``rk_update``, mean fields ``cluster_fields``, Weyl-symbol items ``group_items``)
+are shared, and only the linearized pair products (``pair_dq``) and the fused row pass
+(``apply_rows_tan``: c·ψ, c·δψ and δc·ψ from one read of the row program, in two halves of
+the chunk's vectors so that its accumulators stay in registers) are specific to the tangent.
+``gp_chunk`` calls its body with a constant ``tan`` flag, so the compiler specializes it and
+the trajectory-only path is unchanged.
 """
 from libc.stdint cimport int64_t
 from libc.string cimport memset, memcpy
@@ -120,7 +130,10 @@ cdef struct Plan:
     const double* w          # [R]
     const double* psi_in     # [A, R, S, 2]
     double* psi_out          # [A, R, S, 2]
-    double* cols             # [n_out, K, S]
+    double* cols             # [n_out, K, S]  (tangent: [n_out, 2K, S], columns then tangents)
+    int tan                  # 1: also propagate the tangent δψ (dpsi_in/dpsi_out)
+    const double* dpsi_in    # [A, R, S, 2] (tangent only)
+    double* dpsi_out         # [A, R, S, 2] (tangent only)
     const double* tf         # [G, tf_stride]
     Py_ssize_t tf_stride
     const int64_t* cp_tf     # [n_cp] time function of coupling k (-1: static)
@@ -149,6 +162,57 @@ cdef struct Plan:
 # ------------------------------------------------------------------------------------------
 # right-hand side: row programs
 # ------------------------------------------------------------------------------------------
+cdef inline void row_coef(const RowTab* T, Py_ssize_t t, const double* fld, double h_r,
+                          double h_i, vd* cr, vd* ci, Py_ssize_t nv) noexcept nogil:
+    """Coefficient of term t: c = h + Σ_items coef · fld[op] (items before t_im add to Re c);
+    nv vectors of samples."""
+    cdef Py_ssize_t it, v, im = T.t_im[t], i1 = T.t_it[t + 1]
+    cdef double co
+    cdef const double* fp
+    for v in range(nv):
+        cr[v] = VSPLAT(h_r)
+        ci[v] = VSPLAT(h_i)
+    for it in range(T.t_it[t], im):
+        co = T.i_coef[it]
+        fp = fld + T.i_op[it] * CTWA_SW
+        for v in range(nv):
+            cr[v] = cr[v] + VSPLAT(co) * VLOAD(fp + v * CTWA_VW)
+    for it in range(im, i1):
+        co = T.i_coef[it]
+        fp = fld + T.i_op[it] * CTWA_SW
+        for v in range(nv):
+            ci[v] = ci[v] + VSPLAT(co) * VLOAD(fp + v * CTWA_VW)
+
+
+cdef inline void row_mac(int64_t kind, const vd* cr, const vd* ci, const double* xs,
+                         vd* ar, vd* ai, Py_ssize_t nv) noexcept nogil:
+    """a += c · x for one term (kind 1: c real, 2: c imaginary, 3: complex)."""
+    cdef Py_ssize_t v
+    cdef vd xr, xi
+    if kind == 1:
+        for v in range(nv):
+            ar[v] = ar[v] + cr[v] * VLOAD(xs + v * CTWA_VW)
+            ai[v] = ai[v] + cr[v] * VLOAD(xs + CTWA_SW + v * CTWA_VW)
+    elif kind == 2:
+        for v in range(nv):
+            ar[v] = ar[v] - ci[v] * VLOAD(xs + CTWA_SW + v * CTWA_VW)
+            ai[v] = ai[v] + ci[v] * VLOAD(xs + v * CTWA_VW)
+    else:
+        for v in range(nv):
+            xr = VLOAD(xs + v * CTWA_VW)
+            xi = VLOAD(xs + CTWA_SW + v * CTWA_VW)
+            ar[v] = ar[v] + cr[v] * xr - ci[v] * xi
+            ai[v] = ai[v] + cr[v] * xi + ci[v] * xr
+
+
+cdef inline void row_store(double* kp, const vd* ar, const vd* ai, Py_ssize_t nv) noexcept nogil:
+    """k = -i a."""
+    cdef Py_ssize_t v
+    for v in range(nv):
+        VSTORE(kp + v * CTWA_VW, ai[v])
+        VSTORE(kp + CTWA_SW + v * CTWA_VW, -ar[v])
+
+
 cdef inline void apply_rows(const RowTab* T, Py_ssize_t a0, Py_ssize_t D, Py_ssize_t R,
                             const double* X, double* kb, const double* fld,
                             const double* hre, const double* him) noexcept nogil:
@@ -157,57 +221,72 @@ cdef inline void apply_rows(const RowTab* T, Py_ssize_t a0, Py_ssize_t D, Py_ssi
     cdef vd ai[MAXNV]
     cdef vd cr[MAXNV]
     cdef vd ci[MAXNV]
-    cdef vd xr, xi
-    cdef Py_ssize_t r, b, t, it, v, t0, t1, im, i1
-    cdef int64_t kind
-    cdef const double* xs
-    cdef const double* fp
-    cdef double co
-    cdef double* kp
+    cdef Py_ssize_t r, b, t, v
     for r in range(R):
         for b in range(D):
             for v in range(CTWA_NV):
                 ar[v] = VSPLAT(0.0)
                 ai[v] = VSPLAT(0.0)
-            t0 = T.row[a0 + b]
-            t1 = T.row[a0 + b + 1]
-            for t in range(t0, t1):
-                xs = X + (T.t_src[t] * R + r) * 2 * CTWA_SW
+            for t in range(T.row[a0 + b], T.row[a0 + b + 1]):
+                row_coef(T, t, fld, hre[t], him[t], cr, ci, CTWA_NV)
+                row_mac(T.t_kind[t], cr, ci, X + (T.t_src[t] * R + r) * 2 * CTWA_SW, ar, ai,
+                        CTWA_NV)
+            row_store(kb + (b * R + r) * 2 * CTWA_SW, ar, ai, CTWA_NV)
+
+
+cdef inline void rows_tan_block(const RowTab* T, Py_ssize_t a0, Py_ssize_t D, Py_ssize_t R,
+                                const double* X, const double* dX, double* kb, double* dkb,
+                                const double* fld, const double* dfld,
+                                const double* hre, const double* him,
+                                Py_ssize_t nv) noexcept nogil:
+    """``apply_rows_tan`` on nv vectors of samples (the pointers already offset)."""
+    cdef vd ar[MAXNV]
+    cdef vd ai[MAXNV]
+    cdef vd dr[MAXNV]
+    cdef vd di[MAXNV]
+    cdef vd cr[MAXNV]
+    cdef vd ci[MAXNV]
+    cdef Py_ssize_t r, b, t, v, xo
+    cdef int64_t kind
+    for r in range(R):
+        for b in range(D):
+            for v in range(nv):
+                ar[v] = VSPLAT(0.0)
+                ai[v] = VSPLAT(0.0)
+                dr[v] = VSPLAT(0.0)
+                di[v] = VSPLAT(0.0)
+            for t in range(T.row[a0 + b], T.row[a0 + b + 1]):
+                xo = (T.t_src[t] * R + r) * 2 * CTWA_SW
                 kind = T.t_kind[t]
-                for v in range(CTWA_NV):
-                    cr[v] = VSPLAT(hre[t])
-                    ci[v] = VSPLAT(him[t])
-                im = T.t_im[t]
-                i1 = T.t_it[t + 1]
-                for it in range(T.t_it[t], im):
-                    co = T.i_coef[it]
-                    fp = fld + T.i_op[it] * CTWA_SW
-                    for v in range(CTWA_NV):
-                        cr[v] = cr[v] + VSPLAT(co) * VLOAD(fp + v * CTWA_VW)
-                for it in range(im, i1):
-                    co = T.i_coef[it]
-                    fp = fld + T.i_op[it] * CTWA_SW
-                    for v in range(CTWA_NV):
-                        ci[v] = ci[v] + VSPLAT(co) * VLOAD(fp + v * CTWA_VW)
-                if kind == 1:
-                    for v in range(CTWA_NV):
-                        ar[v] = ar[v] + cr[v] * VLOAD(xs + v * CTWA_VW)
-                        ai[v] = ai[v] + cr[v] * VLOAD(xs + CTWA_SW + v * CTWA_VW)
-                elif kind == 2:
-                    for v in range(CTWA_NV):
-                        ar[v] = ar[v] - ci[v] * VLOAD(xs + CTWA_SW + v * CTWA_VW)
-                        ai[v] = ai[v] + ci[v] * VLOAD(xs + v * CTWA_VW)
-                else:
-                    for v in range(CTWA_NV):
-                        xr = VLOAD(xs + v * CTWA_VW)
-                        xi = VLOAD(xs + CTWA_SW + v * CTWA_VW)
-                        ar[v] = ar[v] + cr[v] * xr - ci[v] * xi
-                        ai[v] = ai[v] + cr[v] * xi + ci[v] * xr
-            # k = -i (H ψ)
-            kp = kb + (b * R + r) * 2 * CTWA_SW
-            for v in range(CTWA_NV):
-                VSTORE(kp + v * CTWA_VW, ai[v])
-                VSTORE(kp + CTWA_SW + v * CTWA_VW, -ar[v])
+                row_coef(T, t, fld, hre[t], him[t], cr, ci, nv)
+                row_mac(kind, cr, ci, X + xo, ar, ai, nv)
+                row_mac(kind, cr, ci, dX + xo, dr, di, nv)
+                if T.t_it[t] < T.t_it[t + 1]:
+                    row_coef(T, t, dfld, 0.0, 0.0, cr, ci, nv)
+                    row_mac(kind, cr, ci, X + xo, dr, di, nv)
+            row_store(kb + (b * R + r) * 2 * CTWA_SW, ar, ai, nv)
+            row_store(dkb + (b * R + r) * 2 * CTWA_SW, dr, di, nv)
+
+
+cdef inline void apply_rows_tan(const RowTab* T, Py_ssize_t a0, Py_ssize_t D, Py_ssize_t R,
+                                const double* X, const double* dX, double* kb, double* dkb,
+                                const double* fld, const double* dfld,
+                                const double* hre, const double* him) noexcept nogil:
+    """Trajectory and tangent right-hand sides of one cluster in one pass over the rows:
+    kb = -i H_eff X and dkb = -i (H_eff dX + Σ_o δfield_o O_o X).
+
+    The second term is the row program with the coefficients δc = Σ_items coef · δfield
+    (no local part, same kind as c); terms without items skip it.  Twice the accumulators of
+    ``apply_rows`` would not fit in the vector registers, so the chunk is done in two halves
+    of its vectors (the row program is read twice, nothing is computed twice).
+    """
+    cdef Py_ssize_t h = CTWA_NV // 2, o = (CTWA_NV // 2) * CTWA_VW
+    if h == 0:
+        rows_tan_block(T, a0, D, R, X, dX, kb, dkb, fld, dfld, hre, him, CTWA_NV)
+        return
+    rows_tan_block(T, a0, D, R, X, dX, kb, dkb, fld, dfld, hre, him, h)
+    rows_tan_block(T, a0, D, R, X + o, dX + o, kb + o, dkb + o, fld + o, dfld + o, hre, him,
+                   CTWA_NV - h)
 
 
 cdef inline void rk_update(int st, Py_ssize_t n, double* yn, double* ys, const double* y0,
@@ -253,25 +332,18 @@ cdef inline void rk_update(int st, Py_ssize_t n, double* yn, double* ys, const d
 # ------------------------------------------------------------------------------------------
 # Weyl symbols
 # ------------------------------------------------------------------------------------------
-cdef inline void expect_group(const ExpTab* T, Py_ssize_t g, Py_ssize_t R, const double* w,
-                              const double* X, double* E, double* qb) noexcept nogil:
-    """E[op] = Σ_items Σ_pairs ec Q_part,  Q = Σ_r w_r conj(ψ_r[b]) ψ_r[b^m]  (qb: [np, 2, SW]).
-
-    Every entry belongs to exactly one group: its first item stores, later ones add.
-    """
+cdef inline void pair_q(const ExpTab* T, Py_ssize_t g, Py_ssize_t R, const double* w,
+                        const double* X, double* qb) noexcept nogil:
+    """qb[p] = Q = Σ_r w_r conj(ψ_r[b]) ψ_r[b^m] for the pairs p of group g ([np, 2, SW];
+    R = 1: unit weight, w_0 is applied by ``group_items``; m = 0: only Re Q = |ψ_b|²)."""
     cdef Py_ssize_t m = T.g_mask[g], npair = T.g_np[g], pp = T.g_pp[g]
-    cdef Py_ssize_t p, b, bm, r, it, v, part, cp
+    cdef Py_ssize_t p, b, bm, r, v
     cdef const double* xb
     cdef const double* xm
     cdef double* q
-    cdef double* e
     cdef vd qr[MAXNV]
     cdef vd qi[MAXNV]
-    cdef vd acc[MAXNV]
     cdef vd br, bi, mr, mi, ww
-    cdef double scale = 1.0
-    if R == 1:
-        scale = w[0]
     for p in range(npair):
         b = T.pr_b[pp + p]
         bm = b ^ m
@@ -312,6 +384,73 @@ cdef inline void expect_group(const ExpTab* T, Py_ssize_t g, Py_ssize_t R, const
         if m != 0:
             for v in range(CTWA_NV):
                 VSTORE(q + CTWA_SW + v * CTWA_VW, qi[v])
+
+
+cdef inline void pair_dq(const ExpTab* T, Py_ssize_t g, Py_ssize_t R, const double* w,
+                         const double* X, const double* dX, double* qb) noexcept nogil:
+    """Tangent of ``pair_q``: δQ = Σ_r w_r [conj(ψ_r[b]) δψ_r[b^m] + conj(δψ_r[b]) ψ_r[b^m]]
+    (m = 0: Re δQ = 2 Re conj(ψ_b) δψ_b), so that the items of ``group_items`` give
+    δ(O)_W = Σ_r w_r 2 Re ψ_r† O δψ_r (same weight convention as ``pair_q``)."""
+    cdef Py_ssize_t m = T.g_mask[g], npair = T.g_np[g], pp = T.g_pp[g]
+    cdef Py_ssize_t p, b, bm, r, v, ob, om
+    cdef double* q
+    cdef vd qr[MAXNV]
+    cdef vd qi[MAXNV]
+    cdef vd br, bi, mr, mi, dbr, dbi, dmr, dmi, tr, ti, ww
+    cdef vd two = VSPLAT(2.0)
+    for p in range(npair):
+        b = T.pr_b[pp + p]
+        bm = b ^ m
+        q = qb + p * 2 * CTWA_SW
+        for v in range(CTWA_NV):
+            qr[v] = VSPLAT(0.0)
+            qi[v] = VSPLAT(0.0)
+        for r in range(R):
+            ob = (b * R + r) * 2 * CTWA_SW
+            om = (bm * R + r) * 2 * CTWA_SW
+            ww = VSPLAT(w[r] if R > 1 else 1.0)
+            for v in range(CTWA_NV):
+                br = VLOAD(X + ob + v * CTWA_VW)
+                bi = VLOAD(X + ob + CTWA_SW + v * CTWA_VW)
+                dbr = VLOAD(dX + ob + v * CTWA_VW)
+                dbi = VLOAD(dX + ob + CTWA_SW + v * CTWA_VW)
+                if m == 0:
+                    tr = two * (br * dbr + bi * dbi)
+                    if R == 1:
+                        qr[v] = tr
+                    else:
+                        qr[v] = qr[v] + ww * tr
+                else:
+                    mr = VLOAD(X + om + v * CTWA_VW)
+                    mi = VLOAD(X + om + CTWA_SW + v * CTWA_VW)
+                    dmr = VLOAD(dX + om + v * CTWA_VW)
+                    dmi = VLOAD(dX + om + CTWA_SW + v * CTWA_VW)
+                    tr = br * dmr + bi * dmi + dbr * mr + dbi * mi
+                    ti = br * dmi - bi * dmr + dbr * mi - dbi * mr
+                    if R == 1:
+                        qr[v] = tr
+                        qi[v] = ti
+                    else:
+                        qr[v] = qr[v] + ww * tr
+                        qi[v] = qi[v] + ww * ti
+        for v in range(CTWA_NV):
+            VSTORE(q + v * CTWA_VW, qr[v])
+        if m != 0:
+            for v in range(CTWA_NV):
+                VSTORE(q + CTWA_SW + v * CTWA_VW, qi[v])
+
+
+cdef inline void group_items(const ExpTab* T, Py_ssize_t g, double scale, const double* qb,
+                             double* E) noexcept nogil:
+    """E[op] = scale · Σ_items Σ_pairs ec Q_part for the entries of group g (Q: qb).
+
+    Every entry belongs to exactly one group: its first item stores, later ones add.
+    """
+    cdef Py_ssize_t npair = T.g_np[g]
+    cdef Py_ssize_t p, it, v, part, cp
+    cdef const double* q
+    cdef double* e
+    cdef vd acc[MAXNV]
     for it in range(T.g_it[g], T.g_it[g + 1]):
         part = T.it_part[it] * CTWA_SW
         cp = T.it_cp[it]
@@ -330,9 +469,25 @@ cdef inline void expect_group(const ExpTab* T, Py_ssize_t g, Py_ssize_t R, const
                 VSTORE(e + v * CTWA_VW, VLOAD(e + v * CTWA_VW) + VSPLAT(scale) * acc[v])
 
 
+cdef inline void expect_group(const ExpTab* T, Py_ssize_t g, Py_ssize_t R, const double* w,
+                              const double* X, double* E, double* qb) noexcept nogil:
+    """E[op] = Σ_items Σ_pairs ec Q_part,  Q = Σ_r w_r conj(ψ_r[b]) ψ_r[b^m]  (qb: [np, 2, SW])."""
+    pair_q(T, g, R, w, X, qb)
+    group_items(T, g, w[0] if R == 1 else 1.0, qb, E)
+
+
+cdef inline void dexpect_group(const ExpTab* T, Py_ssize_t g, Py_ssize_t R, const double* w,
+                               const double* X, const double* dX, double* dE,
+                               double* qb) noexcept nogil:
+    """Tangents δE[op] = Σ_r w_r 2 Re ψ_r† O δψ_r of the entries of group g."""
+    pair_dq(T, g, R, w, X, dX, qb)
+    group_items(T, g, w[0] if R == 1 else 1.0, qb, dE)
+
+
 cdef inline void cluster_fields(const Plan* P, Py_ssize_t c, const double* Jf, const double* E,
                                 double* fld) noexcept nogil:
-    """Mean fields of the coupling operators of cluster c: fld[q] = Σ J_k f_k(t) E[partner]."""
+    """Mean fields of the coupling operators of cluster c: fld[q] = Σ J_k f_k(t) E[partner]
+    (with δE: the tangent fields δfield, the same linear map)."""
     cdef Py_ssize_t q, i, v, q0 = P.c_fo[c]
     cdef vd acc[MAXNV]
     cdef const double* e
@@ -348,44 +503,76 @@ cdef inline void cluster_fields(const Plan* P, Py_ssize_t c, const double* Jf, c
 
 
 cdef inline void expect_all(const Plan* P, const ExpTab* T, const int64_t* c_g, const double* y,
-                            double* E, double* qb) noexcept nogil:
-    """Weyl symbols of all entries of T (every entry is written) from the state y."""
-    cdef Py_ssize_t c, g
+                            const double* dy, double* E, double* dE, double* qb) noexcept nogil:
+    """Weyl symbols of all entries of T (every entry is written) from the state y, and their
+    tangents dE from dy unless dy is NULL."""
+    cdef Py_ssize_t c, g, off
     for c in range(P.C):
+        off = P.c_off[c] * P.R * 2 * CTWA_SW
         for g in range(c_g[c], c_g[c + 1]):
-            expect_group(T, g, P.R, P.w, y + P.c_off[c] * P.R * 2 * CTWA_SW, E, qb)
+            expect_group(T, g, P.R, P.w, y + off, E, qb)
+            if dy != NULL:
+                dexpect_group(T, g, P.R, P.w, y + off, dy + off, dE, qb)
 
 
-cdef inline int observe(const Plan* P, const double* y, double* Eo, double* qb, double* scr,
-                        Py_ssize_t oi, Py_ssize_t s0, Py_ssize_t ns,
-                        int64_t* bad_s) noexcept nogil:
-    """Columns at output oi from state y; return 1 (and the first bad sample) if non-finite."""
-    cdef Py_ssize_t k, t, f, s, i
+cdef inline void _finite_cols(double* out, const double* acc, Py_ssize_t ns,
+                              int64_t* first) noexcept nogil:
+    cdef Py_ssize_t s
+    for s in range(ns):
+        out[s] = acc[s]
+        if not isfinite(acc[s]) and s < first[0]:
+            first[0] = s
+
+
+cdef inline void _finite_state(const double* y, Py_ssize_t n, Py_ssize_t ns,
+                               int64_t* first) noexcept nogil:
+    cdef Py_ssize_t i, s
+    for i in range(n):
+        for s in range(ns):
+            if not isfinite(y[i * CTWA_SW + s]) and s < first[0]:
+                first[0] = s
+
+
+cdef inline int observe(const Plan* P, const double* y, const double* dy, double* Eo,
+                        double* dEo, double* qb, double* scr, Py_ssize_t oi, Py_ssize_t s0,
+                        Py_ssize_t ns, int64_t* bad_s) noexcept nogil:
+    """Columns at output oi from state y (and, with dy != NULL, their tangents
+    δ(column) = Σ_t c_t Σ_f δE_f Π_{g≠f} E_g in rows K..2K-1); return 1 (and the first bad
+    sample) if a column or the state is non-finite."""
+    cdef Py_ssize_t k, t, f, s, nk = P.K if dy == NULL else 2 * P.K
     cdef double* acc = scr
     cdef double* prod = scr + CTWA_SW
+    cdef double* dacc = scr + 2 * CTWA_SW
+    cdef double* dprod = scr + 3 * CTWA_SW
+    cdef const double* e
+    cdef const double* de
     cdef int64_t first = CTWA_SW
-    cdef double* out
-    expect_all(P, &P.oex, P.c_go, y, Eo, qb)
+    expect_all(P, &P.oex, P.c_go, y, dy, Eo, dEo, qb)
     for k in range(P.K):
         for s in range(CTWA_SW):
             acc[s] = 0.0
+            dacc[s] = 0.0
         for t in range(P.col_ptr[k], P.col_ptr[k + 1]):
             for s in range(CTWA_SW):
                 prod[s] = P.term_coef[t]
+                dprod[s] = 0.0
             for f in range(P.term_ptr[t], P.term_ptr[t + 1]):
+                e = Eo + P.fac[f] * CTWA_SW
+                if dy != NULL:           # product rule, before prod takes the factor
+                    de = dEo + P.fac[f] * CTWA_SW
+                    for s in range(CTWA_SW):
+                        dprod[s] = dprod[s] * e[s] + prod[s] * de[s]
                 for s in range(CTWA_SW):
-                    prod[s] *= Eo[P.fac[f] * CTWA_SW + s]
+                    prod[s] *= e[s]
             for s in range(CTWA_SW):
                 acc[s] += prod[s]
-        out = P.cols + (oi * P.K + k) * P.S + s0
-        for s in range(ns):
-            out[s] = acc[s]
-            if not isfinite(acc[s]) and s < first:
-                first = s
-    for i in range(P.A * P.R * 2):
-        for s in range(ns):
-            if not isfinite(y[i * CTWA_SW + s]) and s < first:
-                first = s
+                dacc[s] += dprod[s]
+        _finite_cols(P.cols + (oi * nk + k) * P.S + s0, acc, ns, &first)
+        if dy != NULL:
+            _finite_cols(P.cols + (oi * nk + P.K + k) * P.S + s0, dacc, ns, &first)
+    _finite_state(y, P.A * P.R * 2, ns, &first)
+    if dy != NULL:
+        _finite_state(dy, P.A * P.R * 2, ns, &first)
     if first < CTWA_SW:
         bad_s[0] = first
         return 1
@@ -400,12 +587,53 @@ cdef inline Py_ssize_t _rnd(Py_ssize_t n) noexcept nogil:
     return ((n + 7) // 8) * 8
 
 
+cdef inline void _copy_in(const Plan* P, const double* src, double* y, Py_ssize_t s0,
+                          Py_ssize_t ns) noexcept nogil:
+    """src[a, r, s0 + s, part] -> y[a, r, part, s]   (padding samples: zero)."""
+    cdef Py_ssize_t a, r, s, i, q
+    if ns < CTWA_SW:
+        memset(y, 0, P.A * P.R * 2 * CTWA_SW * sizeof(double))
+    for a in range(P.A):
+        for r in range(P.R):
+            i = (a * P.R + r) * 2 * CTWA_SW
+            q = ((a * P.R + r) * P.S + s0) * 2
+            for s in range(ns):
+                y[i + s] = src[q + 2 * s]
+                y[i + CTWA_SW + s] = src[q + 2 * s + 1]
+
+
+cdef inline void _copy_out(const Plan* P, const double* y, double* dst, Py_ssize_t s0,
+                           Py_ssize_t ns) noexcept nogil:
+    cdef Py_ssize_t a, r, s, i, q
+    for a in range(P.A):
+        for r in range(P.R):
+            i = (a * P.R + r) * 2 * CTWA_SW
+            q = ((a * P.R + r) * P.S + s0) * 2
+            for s in range(ns):
+                dst[q + 2 * s] = y[i + s]
+                dst[q + 2 * s + 1] = y[i + CTWA_SW + s]
+
+
 cdef inline void gp_chunk(Plan* P, Py_ssize_t ch, double** ws_slot) noexcept nogil:
-    """Integrate chunk ``ch`` (samples ch·CTWA_SW .. ch·CTWA_SW + CTWA_SW - 1) over all steps.
+    """Integrate chunk ``ch`` (samples ch·CTWA_SW .. ch·CTWA_SW + CTWA_SW - 1) over all steps,
+    with the tangent if ``P.tan`` (see ``chunk_impl``).
 
     ``ws_slot`` is the calling thread's work space: allocated on first use (64-byte aligned)
     and reused for its next chunks; the caller frees it.
     """
+    # two calls with constant ``tan``: the compiler specializes ``chunk_impl`` for each, so
+    # the trajectory-only path carries no tangent branches (measured: ~5% on heis64_c4)
+    if P.tan:
+        chunk_impl(P, ch, ws_slot, 1)
+    else:
+        chunk_impl(P, ch, ws_slot, 0)
+
+
+cdef inline void chunk_impl(Plan* P, Py_ssize_t ch, double** ws_slot, bint tan) noexcept nogil:
+    """Body of ``gp_chunk``.  With ``tan`` the tangent δψ is integrated alongside: every RK4
+    stage evaluates the trajectory and the tangent right-hand sides at the same stage state
+    (ψ_s, δψ_s), cluster by cluster (``apply_rows_tan``), the stage's Weyl symbols carry their
+    tangents (``dexpect_group``) and the RK4 bookkeeping of δψ is that of ψ."""
     cdef Py_ssize_t S = P.S, A = P.A, R = P.R, G = P.G
     cdef Py_ssize_t s0 = ch * CTWA_SW
     cdef Py_ssize_t ns = S - s0 if S - s0 < CTWA_SW else CTWA_SW
@@ -414,6 +642,7 @@ cdef inline void gp_chunk(Plan* P, Py_ssize_t ch, double** ws_slot) noexcept nog
     cdef Py_ssize_t Tn = P.rows.T
     cdef Py_ssize_t nq = P.dex.maxnp if P.dex.maxnp > P.oex.maxnp else P.oex.maxnp
     # work space: y0 | yn | ys | kb | Ec | En | fld | Eo | qb | scr | hre | him | Jf
+    #             [tangent: dy0 | dyn | dys | dkb | dEc | dEn | dfld | dEo]
     cdef Py_ssize_t o_kb = 3 * _rnd(nst)
     cdef Py_ssize_t o_E = o_kb + _rnd(P.Dmax * blk)
     cdef Py_ssize_t nE = _rnd(P.n_ops * CTWA_SW)
@@ -421,9 +650,10 @@ cdef inline void gp_chunk(Plan* P, Py_ssize_t ch, double** ws_slot) noexcept nog
     cdef Py_ssize_t o_Eo = o_fld + _rnd(P.max_fo * CTWA_SW)
     cdef Py_ssize_t o_qb = o_Eo + _rnd(P.n_obs * CTWA_SW)
     cdef Py_ssize_t o_scr = o_qb + _rnd(nq * 2 * CTWA_SW)
-    cdef Py_ssize_t o_h = o_scr + _rnd(2 * CTWA_SW)
+    cdef Py_ssize_t o_h = o_scr + _rnd(4 * CTWA_SW)
     cdef Py_ssize_t o_Jf = o_h + 2 * _rnd(Tn)
-    cdef Py_ssize_t size = o_Jf + _rnd(P.n_cp)
+    cdef Py_ssize_t o_tan = o_Jf + _rnd(P.n_cp)
+    cdef Py_ssize_t size = o_tan + (o_qb if tan else 0)   # the tangent repeats y0 .. Eo
     P.bad_out[ch] = -1
     P.status[ch] = 0
     if ws_slot[0] == NULL:
@@ -444,30 +674,43 @@ cdef inline void gp_chunk(Plan* P, Py_ssize_t ch, double** ws_slot) noexcept nog
     cdef double* hre = y0 + o_h
     cdef double* him = hre + _rnd(Tn)
     cdef double* Jf = y0 + o_Jf
+    # tangent arrays (same layout as y0 .. Eo, shifted by o_tan; NULL without tangent)
+    cdef double* dy0 = NULL
+    cdef double* dyn = NULL
+    cdef double* dys = NULL
+    cdef double* dkb = NULL
+    cdef double* dEc = NULL
+    cdef double* dEn = NULL
+    cdef double* dfld = NULL
+    cdef double* dEo = NULL
+    cdef const double* dsrc = NULL
+    cdef double* dnxt = NULL
+    if tan:
+        dy0 = y0 + o_tan
+        dyn = dy0 + _rnd(nst)
+        dys = dyn + _rnd(nst)
+        dkb = dy0 + o_kb
+        dEc = dy0 + o_E
+        dEn = dEc + nE
+        dfld = dy0 + o_fld
+        dEo = dy0 + o_Eo
     cdef const double* hcre = P.rows.t_hre
     cdef const double* hcim = P.rows.t_him
     cdef double* tmp
     cdef const double* src
     cdef double* nxt
-    cdef Py_ssize_t n, st, j, c, g, i, k, s, r, a, q, gi, off, D, oi
+    cdef Py_ssize_t n, st, j, c, g, i, k, off, D, gi, oi
     cdef double f
     cdef int joff[4]
     joff[0] = 0; joff[1] = 1; joff[2] = 1; joff[3] = 2
     if G > 0:
         hcre = hre
         hcim = him
-    # copy in: psi[a, r, s0 + s] -> y0[a, r, part, s]   (padding samples: zero)
-    if ns < CTWA_SW:
-        memset(y0, 0, nst * sizeof(double))
-    for a in range(A):
-        for r in range(R):
-            i = (a * R + r) * 2 * CTWA_SW
-            q = ((a * R + r) * S + s0) * 2
-            for s in range(ns):
-                y0[i + s] = P.psi_in[q + 2 * s]
-                y0[i + CTWA_SW + s] = P.psi_in[q + 2 * s + 1]
-    expect_all(P, &P.dex, P.c_ge, y0, Ec, qb)
-    if observe(P, y0, Eo, qb, scr, 0, s0, ns, &P.bad_s[ch]):
+    _copy_in(P, P.psi_in, y0, s0, ns)
+    if tan:
+        _copy_in(P, P.dpsi_in, dy0, s0, ns)
+    expect_all(P, &P.dex, P.c_ge, y0, dy0, Ec, dEc, qb)
+    if observe(P, y0, dy0, Eo, dEo, qb, scr, 0, s0, ns, &P.bad_s[ch]):
         P.bad_out[ch] = 0
     n = 0
     while n < P.n_steps and P.bad_out[ch] < 0:
@@ -489,32 +732,43 @@ cdef inline void gp_chunk(Plan* P, Py_ssize_t ch, double** ws_slot) noexcept nog
                     Jf[k] = Jf[k] * P.tf[P.cp_tf[k] * P.tf_stride + j]
             src = y0 if st == 0 else ys
             nxt = ys if st < 3 else yn
+            if tan:
+                dsrc = dy0 if st == 0 else dys
+                dnxt = dys if st < 3 else dyn
             for c in range(P.C):
                 off = P.c_off[c] * blk
                 D = P.c_D[c]
                 cluster_fields(P, c, Jf, Ec, fld)      # from the symbols of this stage
-                apply_rows(&P.rows, P.c_off[c], D, R, src + off, kb, fld, hcre, hcim)
+                if tan:
+                    cluster_fields(P, c, Jf, dEc, dfld)
+                    apply_rows_tan(&P.rows, P.c_off[c], D, R, src + off, dsrc + off, kb, dkb,
+                                   fld, dfld, hcre, hcim)
+                    rk_update(st, D * blk, dyn + off, dys + off, dy0 + off, dsrc + off, dkb,
+                              P.dt)
+                else:
+                    apply_rows(&P.rows, P.c_off[c], D, R, src + off, kb, fld, hcre, hcim)
                 rk_update(st, D * blk, yn + off, ys + off, y0 + off, src + off, kb, P.dt)
                 for g in range(P.c_ge[c], P.c_ge[c + 1]):
                     expect_group(&P.dex, g, R, P.w, nxt + off, En, qb)
+                    if tan:
+                        dexpect_group(&P.dex, g, R, P.w, nxt + off, dnxt + off, dEn, qb)
             tmp = Ec
             Ec = En
             En = tmp
+            tmp = dEc
+            dEc = dEn
+            dEn = tmp
         tmp = y0
         y0 = yn
         yn = tmp
+        tmp = dy0
+        dy0 = dyn
+        dyn = tmp
         n += 1
         if n % P.out_every == 0:
             oi = n // P.out_every
-            if observe(P, y0, Eo, qb, scr, oi, s0, ns, &P.bad_s[ch]):
+            if observe(P, y0, dy0, Eo, dEo, qb, scr, oi, s0, ns, &P.bad_s[ch]):
                 P.bad_out[ch] = oi
-    # copy out
-    for a in range(A):
-        for r in range(R):
-            i = (a * R + r) * 2 * CTWA_SW
-            q = ((a * R + r) * S + s0) * 2
-            for s in range(ns):
-                P.psi_out[q + 2 * s] = y0[i + s]
-                P.psi_out[q + 2 * s + 1] = y0[i + CTWA_SW + s]
-
-
+    _copy_out(P, y0, P.psi_out, s0, ns)
+    if tan:
+        _copy_out(P, dy0, P.dpsi_out, s0, ns)

@@ -51,6 +51,19 @@ times: here with the build flags, and in ``gp_rk4_avx2.pyx`` / ``gp_rk4_avx512.p
 the best variant the running CPU supports (``CTWA_KERNEL_ISA=generic|avx2|avx512`` forces
 one); the variant modules are imported only on CPUs that support them.  With
 ``CTWA_ARCH=native`` the baseline module is already native and is used directly.
+
+Tangent
+-------
+:func:`run_tangent` integrates the pair (ψ, δψ) for linear response (paper eqs. (12),
+(22)–(23); the compiled twin of :class:`ctwa_hpc.dynamics.TangentPropagator`): the tangent
+obeys the linearized equations i ∂_t δψ = H_eff δψ + Σ_o δfield_o O_o ψ with
+δ(O)_W = Σ_r w_r 2 Re ψ_r† O δψ_r and δfield = F(t)·δE (the couplings of the field).  Every
+RK4 stage evaluates both right-hand sides at the same stage state in one pass over the row
+programs (the coefficient c of a term is built once and applied to ψ and δψ; the tangent
+coefficient δc = Σ coef · δfield only for terms with coupling items), and the Weyl symbols of
+the stage carry their tangents (linearized pair products).  The columns are followed by their
+tangents δ(column) = Σ_t c_t Σ_f δE_f Π_{g≠f} E_g; a non-finite value of either (or of the
+state or tangent) stops the chunk as for the trajectory.
 """
 
 from cython.parallel cimport prange, threadid
@@ -222,6 +235,32 @@ def run(dict T, const double[:, :, :, ::1] psi_in, const double[::1] weights,
     ``(output index, sample index)`` of the first non-finite value.  ``threads``: OpenMP
     threads (default ``OMP_NUM_THREADS``; ignored without OpenMP).
     """
+    cols, psi_out, _, bad = _run(T, psi_in, None, weights, dt, n_steps, out_every, tf_tab,
+                                 isa_name, threads)
+    return cols, psi_out, bad
+
+
+def run_tangent(dict T, const double[:, :, :, ::1] psi_in,
+                const double[:, :, :, ::1] dpsi_in not None, const double[::1] weights,
+                double dt, Py_ssize_t n_steps, Py_ssize_t out_every,
+                const double[:, ::1] tf_tab, str isa_name=None, threads=None):
+    """Integrate a batch and its tangent; see :func:`ctwa_hpc.kernels.integrate_tangent`.
+
+    dpsi_in: float64 view (A, R, S, 2) of the complex tangent δψ(0).  Returns
+    ``(cols (n_out, 2K, S), psi_out, dpsi_out, bad)``: the K observable columns followed by
+    their K tangents, the final state and tangent (A, R, S, 2), and ``bad`` as for :func:`run`.
+    """
+    cdef int d
+    for d in range(4):
+        if dpsi_in.shape[d] != psi_in.shape[d]:
+            raise ValueError("dpsi must have the shape of psi")
+    return _run(T, psi_in, dpsi_in, weights, dt, n_steps, out_every, tf_tab, isa_name, threads)
+
+
+def _run(dict T, const double[:, :, :, ::1] psi_in, dpsi_in, const double[::1] weights,
+         double dt, Py_ssize_t n_steps, Py_ssize_t out_every, const double[:, ::1] tf_tab,
+         str isa_name, threads):
+    """Common body of :func:`run` and :func:`run_tangent` (``dpsi_in`` None: no tangent)."""
     cdef Plan P
     cdef Py_ssize_t A = psi_in.shape[0], R = psi_in.shape[1], S = psi_in.shape[2]
     cdef Py_ssize_t sw = 0
@@ -231,6 +270,8 @@ def run(dict T, const double[:, :, :, ::1] psi_in, const double[::1] weights,
     cdef Py_ssize_t G = T["G"]
     cdef int nthreads = ctwa_max_threads() if threads is None else threads
     cdef double** slots
+    cdef bint tan = dpsi_in is not None
+    cdef const double[:, :, :, ::1] dpsi_v
     if out_every < 1 or n_steps < 0 or n_steps % out_every:
         raise ValueError("time.output_dt must be a multiple of time.dt")
     if psi_in.shape[3] != 2 or weights.shape[0] != R or R < 1:
@@ -242,15 +283,17 @@ def run(dict T, const double[:, :, :, ::1] psi_in, const double[::1] weights,
                          f"got ({tf_tab.shape[0]}, {tf_tab.shape[1]})")
     n_out = n_steps // out_every + 1
     K = T["K"]
-    cols = np.zeros((n_out, K, S), dtype=np.float64)
+    cols = np.zeros((n_out, 2 * K if tan else K, S), dtype=np.float64)
     psi_out = np.zeros((A, R, S, 2), dtype=np.float64)
+    dpsi_out = np.zeros((A, R, S, 2), dtype=np.float64) if tan else None
     if S == 0:
-        return cols, psi_out, None
+        return cols, psi_out, dpsi_out, None
     bad_out = np.full(n_chunks, -1, dtype=np.int64)
     bad_s = np.zeros(n_chunks, dtype=np.int64)
     status = np.zeros(n_chunks, dtype=np.int64)
     cdef double[:, :, ::1] cols_v = cols
     cdef double[:, :, :, ::1] psi_v = psi_out
+    cdef double[:, :, :, ::1] dpsi_ov
     cdef int64_t[::1] bo = bad_out, bs = bad_s, stv = status
     P.S = S; P.A = A; P.R = R; P.C = T["C"]
     P.n_steps = n_steps; P.out_every = out_every; P.n_out = n_out; P.K = K; P.G = G
@@ -260,6 +303,14 @@ def run(dict T, const double[:, :, :, ::1] psi_in, const double[::1] weights,
     P.psi_in = &psi_in[0, 0, 0, 0]
     P.psi_out = &psi_v[0, 0, 0, 0]
     P.cols = &cols_v[0, 0, 0] if K > 0 else _EMPTY_D
+    P.tan = 1 if tan else 0
+    P.dpsi_in = NULL
+    P.dpsi_out = NULL
+    if tan:
+        dpsi_v = dpsi_in
+        dpsi_ov = dpsi_out
+        P.dpsi_in = &dpsi_v[0, 0, 0, 0]
+        P.dpsi_out = &dpsi_ov[0, 0, 0, 0]
     P.tf = &tf_tab[0, 0] if G > 0 else _EMPTY_D
     P.tf_stride = tf_tab.shape[1]
     P.cp_tf = _pi(T["cp_tf"]); P.cp_J = _pd(T["cp_J"])
@@ -293,4 +344,4 @@ def run(dict T, const double[:, :, :, ::1] psi_in, const double[::1] weights,
     if len(hit):
         c = hit[np.lexsort((hit, bad_out[hit]))[0]]
         bad = (int(bad_out[c]), int(c * sw + bad_s[c]))
-    return cols, psi_out, bad
+    return cols, psi_out, dpsi_out, bad

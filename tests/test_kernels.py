@@ -252,3 +252,175 @@ def test_flop_count_and_bench_case():
     f16 = bench.flop_count(kernels.compile_tables(big, big_plan), 1, 10)
     f8 = bench.flop_count(kernels.compile_tables(problem, small_plan), 1, 10)
     assert 1.8 < f16 / f8 < 2.2
+
+
+# ------------------------------------------------------------------------------------------
+# tangent (Jacobian–vector product) propagation: kernels.integrate_tangent
+# ------------------------------------------------------------------------------------------
+KICK_1 = ((0, "Z"),)                # inside one cluster
+KICK_2 = ((2, "X"), (3, "Z"))       # two clusters unless 2 and 3 share one
+TANGENT_CASES = ("tfim4_c1", "tfim4_c2", "tfim4_c4", "heis8_c2", "heis8_c3",
+                 "ising6_noncontig", "heis6_noncontig", "time_dependent")
+
+
+def _both_tangent(problem, plan, psi, dpsi, weights, t0=0.3, dt=0.05, n_steps=40, out_every=4,
+                  sids=None):
+    tf = problem.tf_table(t0 + 0.5 * dt * np.arange(2 * n_steps + 1))
+    return [kernels.integrate_tangent(problem, plan, psi, dpsi, weights, t0, dt, n_steps,
+                                      out_every, tf, sample_ids=sids, backend=be)
+            for be in ("numpy", "cython")]
+
+
+def _assert_tangent_close(ref, got, K, rtol=RTOL):
+    """Columns, tangent columns, state and tangent agree to rtol relative to their size."""
+    (c_ref, p_ref, d_ref), (c_got, p_got, d_got) = ref, got
+    assert c_got.shape == c_ref.shape == (c_ref.shape[0], 2 * K, c_ref.shape[2])
+    assert c_got.dtype == np.float64
+    assert p_got.dtype == d_got.dtype == np.complex128
+    assert p_got.shape == p_ref.shape and d_got.shape == d_ref.shape
+    for a, b in ((c_ref[:, :K], c_got[:, :K]), (c_ref[:, K:], c_got[:, K:]), (p_ref, p_got),
+                 (d_ref, d_got)):
+        np.testing.assert_allclose(b, a, rtol=0, atol=rtol * max(1.0, np.abs(a).max()))
+
+
+@pytest.mark.parametrize("kick", [KICK_1, KICK_2], ids=["kick1", "kick2"])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("case", TANGENT_CASES)
+def test_tangent_cython_matches_numpy(case, method, kick):
+    problem, plan, batch = _setup(case, method, n_samples=21)
+    dpsi, _ = dynamics.kick(problem, kick, batch.psi, batch.weights)
+    ref, got = _both_tangent(problem, plan, batch.psi, dpsi, batch.weights,
+                             sids=batch.sample_ids)
+    K = plan.n_columns
+    _assert_tangent_close(ref, got, K)
+    # the tangent columns really move and are not small
+    assert np.abs(ref[0][-1, K:] - ref[0][0, K:]).max() > 1e-2
+    # the trajectory part is that of integrate()
+    cols, psi = kernels.integrate(problem, plan, batch.psi, batch.weights, 0.3, 0.05, 40, 4,
+                                  problem.tf_table(0.3 + 0.025 * np.arange(81)),
+                                  backend="cython")
+    np.testing.assert_allclose(got[0][:, :K], cols, rtol=0,
+                               atol=1e-14 * max(1.0, np.abs(cols).max()))
+    np.testing.assert_allclose(got[1], psi, rtol=0, atol=1e-14 * np.abs(psi).max())
+
+
+def test_tangent_kick_strings_span_clusters():
+    """The two-site kick really spans two clusters in some of the cases above (and one in
+    others), so both kinds of δψ(0) are covered."""
+    spans = {case: len(CASES[case][1]().split_string(KICK_2)) for case in TANGENT_CASES}
+    assert spans["tfim4_c1"] == spans["heis8_c3"] == spans["time_dependent"] == 2
+    assert spans["ising6_noncontig"] == spans["heis6_noncontig"] == 2
+    assert spans["tfim4_c4"] == spans["heis8_c2"] == 1
+
+
+@pytest.mark.parametrize("case, method", [("heis8_c3", "sb"), ("time_dependent", "reduced"),
+                                          ("heis8_c2", "sb")])
+def test_tangent_matches_finite_difference(case, method):
+    """Compiled tangent = central difference of two compiled trajectories (ε = 1e-5)."""
+    problem, plan, batch = _setup(case, method, n_samples=9)
+    dpsi, _ = dynamics.kick(problem, KICK_2, batch.psi, batch.weights)
+    t0, dt, n, every = 0.0, 0.01, 100, 25
+    tf = problem.tf_table(t0 + 0.5 * dt * np.arange(2 * n + 1))
+    cols, _, _ = kernels.integrate_tangent(problem, plan, batch.psi, dpsi, batch.weights, t0,
+                                           dt, n, every, tf, backend="cython")
+    eps = 1e-5
+    cp, _ = kernels.integrate(problem, plan, batch.psi + eps * dpsi, batch.weights, t0, dt, n,
+                              every, tf, backend="cython")
+    cm, _ = kernels.integrate(problem, plan, batch.psi - eps * dpsi, batch.weights, t0, dt, n,
+                              every, tf, backend="cython")
+    K = plan.n_columns
+    assert np.abs(cols[-1, K:]).max() > 0.1
+    np.testing.assert_allclose(cols[:, K:], (cp - cm) / (2 * eps), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_tangent_instruction_set_variants(isa, monkeypatch):
+    best = max(gp.build_info()[0], gp._best_variant())
+    if gp.ISA_NAMES.index(isa) > best:
+        pytest.skip(f"{isa} not supported here (best: {gp.ISA_NAMES[best]})")
+    monkeypatch.setenv("CTWA_KERNEL_ISA", isa)
+    for case, method, kick in (("heis8_c4", "sb", KICK_1), ("time_dependent", "reduced", KICK_2)):
+        problem, plan, batch = _setup(case, method, n_samples=21)
+        dpsi, _ = dynamics.kick(problem, kick, batch.psi, batch.weights)
+        ref, got = _both_tangent(problem, plan, batch.psi, dpsi, batch.weights, n_steps=16)
+        _assert_tangent_close(ref, got, plan.n_columns)
+
+
+@pytest.mark.parametrize("n_samples", [1, 33, 70])
+def test_tangent_batch_sizes_and_zero_steps(n_samples):
+    problem, plan, batch = _setup("heis8_c4", "reduced", n_samples=n_samples)
+    dpsi, _ = dynamics.kick(problem, KICK_2, batch.psi, batch.weights)
+    ref, got = _both_tangent(problem, plan, batch.psi, dpsi, batch.weights, n_steps=12,
+                             out_every=3)
+    _assert_tangent_close(ref, got, plan.n_columns)
+    ref, got = _both_tangent(problem, plan, batch.psi, dpsi, batch.weights, n_steps=0,
+                             out_every=1)
+    _assert_tangent_close(ref, got, plan.n_columns)
+    np.testing.assert_array_equal(got[2], dpsi)
+
+
+def test_tangent_is_linear_and_independent_of_neighbours():
+    problem, plan, batch = _setup("ising6_noncontig", "sb", n_samples=20)
+    dpsi, _ = dynamics.kick(problem, KICK_2, batch.psi, batch.weights)
+    tf = np.zeros((0, 25))
+    run = lambda p, d: kernels.integrate_tangent(problem, plan, p, d, batch.weights,  # noqa
+                                                 0.0, 0.05, 12, 4, tf, backend="cython")
+    c1, _, d1 = run(batch.psi, dpsi)
+    c3, _, d3 = run(batch.psi, -3.0 * dpsi)
+    K = plan.n_columns
+    np.testing.assert_allclose(c3[:, K:], -3.0 * c1[:, K:], rtol=0,
+                               atol=1e-12 * np.abs(c1[:, K:]).max())
+    np.testing.assert_allclose(d3, -3.0 * d1, rtol=0, atol=1e-12 * np.abs(d1).max())
+    one = run(batch.psi[:, :, 7:8], dpsi[:, :, 7:8])
+    np.testing.assert_array_equal(one[0][..., 0], c1[..., 7])
+    zero = run(batch.psi, np.zeros_like(dpsi))
+    assert np.all(zero[0][:, K:] == 0) and np.all(zero[2] == 0)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_tangent_non_finite_detection_matches_numpy():
+    problem, plan, batch = _setup("heis8_c4", "sb", n_samples=40)
+    dpsi, _ = dynamics.kick(problem, KICK_1, batch.psi, batch.weights)
+    psi = batch.psi.copy()
+    psi[:, :, 13] *= 30.0
+    n = 200
+    errs = []
+    for be in ("numpy", "cython"):
+        with pytest.raises(dynamics.NonFiniteError) as err:
+            kernels.integrate_tangent(problem, plan, psi, dpsi, batch.weights, 0.5, 0.05, n, 5,
+                                      np.zeros((0, 2 * n + 1)), sample_ids=batch.sample_ids,
+                                      backend=be)
+        errs.append(err.value)
+    assert errs[1].sample == errs[0].sample == batch.sample_ids[13]
+    assert errs[1].time == pytest.approx(errs[0].time) and errs[1].time > 0.5
+    # a non-finite tangent alone is detected at t0 by both backends
+    bad = dpsi.copy()
+    bad[3, 0, 17] = np.nan
+    for be in ("numpy", "cython"):
+        with pytest.raises(dynamics.NonFiniteError) as err:
+            kernels.integrate_tangent(problem, plan, batch.psi, bad, batch.weights, 1.5, 0.05,
+                                      10, 5, np.zeros((0, 21)), sample_ids=batch.sample_ids,
+                                      backend=be)
+        assert err.value.sample == batch.sample_ids[17] and err.value.time == 1.5
+
+
+def test_tangent_argument_checks():
+    problem, plan, batch = _setup("tfim4_c2", "sb", n_samples=4)
+    with pytest.raises(ValueError, match="dpsi0"):
+        kernels.integrate_tangent(problem, plan, batch.psi, batch.psi[:, :, :3], batch.weights,
+                                  0, 0.1, 10, 5, np.zeros((0, 21)), backend="cython")
+    with pytest.raises(ValueError, match="multiple"):
+        kernels.integrate_tangent(problem, plan, batch.psi, batch.psi, batch.weights, 0, 0.1,
+                                  10, 3, np.zeros((0, 21)), backend="cython")
+
+
+def test_tangent_flop_count_and_bench_case():
+    from ctwa_hpc import bench
+    names = [c.name for c in bench.CASES]
+    assert names[:5] == ["heis64_c2", "heis64_c4", "heis64_c6", "ising20_c4", "heis1024_c4"]
+    case = next(c for c in bench.CASES if c.name == "heis64_c4_tangent")
+    assert case.tangent and (case.model, case.n_sites, case.cluster_size) == ("heisenberg", 64, 4)
+    problem, plan, batch = _setup("heis8_c4", "sb", n_samples=4)
+    tables = kernels.compile_tables(problem, plan)
+    f, ft = bench.flop_count(tables, 1, 10), bench.flop_count(tables, 1, 10, tangent=True)
+    assert 2.0 < ft / f < 3.0

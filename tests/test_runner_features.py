@@ -65,24 +65,38 @@ def test_meanfield_pure_state_ignores_antithetic_and_samples():
     assert np.all(res.outputs["sz"]["stderr"] == 0.0)
 
 
-@pytest.mark.parametrize("method, size", [("reduced", 6), ("reduced", 2), ("sb", 2)])
+@pytest.mark.parametrize("method, size", [("reduced", 4), ("reduced", 2), ("sb", 2)])
 def test_two_time_outputs_against_exact(method, size):
-    """<{σz_0(0), Q(t)}> and i<[σz_0(0), Q(t)]> (x-polarized state) vs exact."""
-    c = cfg(state={"kind": "x"},
-            method={"kind": method, "cluster_size": size, "samples": 1000, "batch": 250},
+    """<{σz_0(0), Q(t)}> and i<[σz_0(0), Q(t)]> on the 4-spin example (x-polarized state, where
+    the response is non-trivial) vs exact; clusters of 2 are accurate here (weak J = 1/8)."""
+    c = cfg(model={"kind": "tfim", "n_sites": 4, "J": 0.125, "hx": 1.0, "hz": None},
+            state={"kind": "x"}, disorder={"seed": 0},
+            method={"kind": method, "cluster_size": size, "samples": 2000, "batch": 250},
+            time={"t_max": 3.0, "output_dt": 0.25},
             observables={"names": ["sz"], "kick": "Z0"})
     sim = Simulation(c, quiet=True)
     res = sim.run()
     ex = sim.run_exact()
+    assert np.abs(ex.outputs["sz_response"]["mean"]).max() > 1.0
     for name in ("sz_anticomm", "sz_response"):
         m, se = res.outputs[name]["mean"], res.outputs[name]["stderr"]
         e = ex.outputs[name]["mean"]
-        if method == "reduced" and size == 6:  # one cluster: the noise cancels in pairs
-            np.testing.assert_allclose(m, e, atol=2e-6) if name == "sz_response" else None
+        if method == "reduced" and size == 4 and name == "sz_response":
+            # one cluster: the response is linear in the noise, antithetic pairs cancel it
+            assert np.all(se < 1e-8)  # rounding only
+            np.testing.assert_allclose(m, e, atol=2e-6)   # RK4 global error, dt = 0.01, t = 3
             continue
-        z = np.abs(m[1:] - e[1:]) / np.maximum(se[1:], 1e-12)
-        assert z.max() < 4.5, (name, z.max())
-    assert np.abs(ex.outputs["sz_response"]["mean"]).max() > 0.5
+        if method == "sb" and name == "sz_anticomm":
+            # The SB Wigner function (18) reproduces the second moments perpendicular to the
+            # spin (σz here, E[(σz_W)²] = 1 at t = 0) but not along it (E[(σx_W)²] = 1.29 for
+            # D = 4, sec. V E), so the symmetric correlator is only checked at t = 0.
+            z0 = np.abs(m[0] - e[0]) / se[0]
+            assert z0.max() < 4.5, z0
+            continue
+        # sites 0 and 1 (the kicked cluster for size 2) at all t ≤ 3; the far sites carry the
+        # cluster-truncation error of CTWA, which exceeds the noise after t ~ 1
+        z = np.abs(m - e) / np.maximum(se, 1e-12)
+        assert z[1:, :2].max() < 4.5, (name, z[1:, :2].max())
 
 
 def test_kick_rejected_for_density_operator_path():
