@@ -78,7 +78,7 @@ SCHEMA = {
         "compare_exact": (bool, False, "also run the exact reference and print the deviation"),
         "checkpoint_every_s": (float, 300.0, "seconds between checkpoints"),
         "progress_every_s": (float, 10.0, "seconds between progress lines"),
-        "exact_draws": (int, 64, "exact reference of a mixed state: pure draws averaged"),
+        "exact_draws": (int, 16, "exact reference of a mixed state: typical states averaged"),
         "write_partial": (bool, True, "store every rank's partial sums in /partial (size "
                           "mpi_size x /moments: switch off for runs on very many ranks)"),
     },

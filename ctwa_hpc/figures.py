@@ -8,13 +8,13 @@ numbers quoted in the closing notes.  Paper-size runs are the SLURM scripts in `
 
 =====  ==========================================================================
 fig4   4-spin Ising eq. (24), staggered magnetization, clusters 1/2/4, SB and operator
-fig5   chaotic Ising eq. (39): N = 16 pure bath, N = 12 mixed bath, ⟨σz_0(t)⟩, 1/√t
+fig5   chaotic Ising eq. (39): N = 16 pure bath, N = 16 mixed bath, ⟨σz_0(t)⟩, 1/√t
        (the paper's N = 20 pure-bath run is jobs/ising20.toml: its exact reference alone
        takes ~15 min here)
-fig6   disordered Heisenberg eq. (41): N = 12 vs exact at h_z = 1, 5; SB and operator
-fig7   entanglement entropy of 2-site subsystems, N = 12, one realization, all offsets
+fig6   disordered Heisenberg eq. (41): N = 16 vs exact at h_z = 1, 5; SB and operator
+fig7   entanglement entropy of 2-site subsystems, N = 16, one realization, all offsets
 fig8   XY chain eq. (49), N = 64: connected ⟨σz_i σz_{i+Δ}⟩_c map vs free fermions
-fig9   mean field vs CTWA at h_z = 10
+fig9   mean field vs CTWA at h_z = 10, N = 16
 discrete  Gaussian vs discrete cluster sampling (operator CTWA): shot noise and bias vs
        exact on the 4-spin example and on disordered Heisenberg N = 16
 =====  ==========================================================================
@@ -102,13 +102,13 @@ def fig4(run, samples=2000):
                 ylabel="staggered magnetization", title="Fig. 4: 4-spin Ising, eq. (24)")
 
 
-def fig5(run, samples=2000):
+def fig5(run, samples=4000):
     pure = _cfg({"kind": "ising_chaotic", "n_sites": 16},
                 {"kind": "down", "flipped": [0]},
                 {"kind": "sb", "cluster_size": 1, "samples": samples, "antithetic": True},
                 {"dt": 0.02, "t_max": 20.0, "output_dt": 0.2},
                 {"names": ["sz"]})
-    mixed = _cfg({"kind": "ising_chaotic", "n_sites": 12},
+    mixed = _cfg({"kind": "ising_chaotic", "n_sites": 16},
                  {"kind": "bath", "polarized": [0]},
                  {"kind": "sb", "cluster_size": 1, "samples": samples},
                  {"dt": 0.02, "t_max": 20.0, "output_dt": 0.2},
@@ -116,7 +116,7 @@ def fig5(run, samples=2000):
     out = {"panels": []}
     for tag, base in (("pure", pure), ("mixed", mixed)):
         ex = run.get("fig5", f"{tag}_exact",
-                     _with(base, method={"kind": "exact"}, output={"exact_draws": 32}), exact=True)
+                     _with(base, method={"kind": "exact"}, output={"exact_draws": 8}), exact=True)
         curves, stats = [], {}
         for n in (1, 2, 4):
             d = run.get("fig5", f"{tag}_sb_c{n}", _with(base, method={"cluster_size": n}))
@@ -128,10 +128,10 @@ def fig5(run, samples=2000):
     return out
 
 
-def fig6(run, samples=400, realizations=10):
+def fig6(run, samples=1000, realizations=10):
     out = {"panels": []}
     for hz in (1.0, 5.0):
-        base = _cfg({"kind": "heisenberg", "n_sites": 12, "hz": hz},
+        base = _cfg({"kind": "heisenberg", "n_sites": 16, "hz": hz},
                     {"kind": "neel"},
                     {"kind": "sb", "cluster_size": 1, "samples": samples, "antithetic": True},
                     {"dt": 0.01, "t_max": 10.0, "output_dt": 0.1},
@@ -148,12 +148,33 @@ def fig6(run, samples=400, realizations=10):
                                                         _series(ex, "mz_staggered")[0])
         out["panels"].append(dict(kind="lines", obs="mz_staggered", exact=ex, curves=curves,
                                   stats=stats, ylabel="$m_z$",
-                                  title=f"Fig. 6: disordered Heisenberg N=12, $h_z$={hz:g}"))
+                                  title=f"Fig. 6: disordered Heisenberg N=16, $h_z$={hz:g}"))
+    # bottom row of fig. 6: N = 64 (no exact reference), long times, diffusive 1/√t decay
+    long = _cfg({"kind": "heisenberg", "n_sites": 64, "hz": 2.0},
+                {"kind": "neel"},
+                {"kind": "sb", "cluster_size": 2, "samples": 100, "antithetic": True},
+                {"dt": 0.02, "t_max": 60.0, "output_dt": 0.2},
+                {"names": ["mz_staggered"]},
+                {"realizations": 4, "seed": 64})
+    curves, stats = [], {}
+    for method in ("reduced", "sb"):
+        for n in (2, 4):
+            d = run.get("fig6", f"N64_{method}_c{n}",
+                        _with(long, method={"kind": method, "cluster_size": n}))
+            curves.append((f"{'operator' if method == 'reduced' else 'SB'} n={n}", d, method))
+            m, _ = _series(d, "mz_staggered")
+            t = d["time"]
+            sel = t >= 10.0
+            slope = np.polyfit(np.log(t[sel]), np.log(np.abs(m[sel]) + 1e-12), 1)[0]
+            stats[f"N64_{method}_c{n}_loglog_slope_t>=10"] = float(slope)
+    out["panels"].append(dict(kind="lines", obs="mz_staggered", exact=None, curves=curves,
+                              stats=stats, ylabel="$|m_z|$", loglog=True,
+                              title="Fig. 6: N=64, $h_z$=2, long times (dotted: $t^{-1/2}$)"))
     return out
 
 
-def fig7(run, samples=2000):
-    N = 12
+def fig7(run, samples=8000):
+    N = 16
     subs = [[i, (i + 1) % N] for i in range(N)]
     base = _cfg({"kind": "heisenberg", "n_sites": N, "hz": 5.0},
                 {"kind": "neel"},
@@ -172,7 +193,7 @@ def fig7(run, samples=2000):
         stats[f"reduced_c{n}_min_eig"] = float(d["observables"]["rdm_min_eig"]["mean"].min())
     return dict(kind="lines", obs="entropy", average=True, exact=ex, curves=curves, stats=stats,
                 ylabel="entropy of 2-site subsystems (bits)",
-                title="Fig. 7: entanglement, Heisenberg N=12, $h_z$=5")
+                title="Fig. 7: entanglement, Heisenberg N=16, $h_z$=5")
 
 
 def fig8(run, samples=4000):
@@ -198,8 +219,8 @@ def fig8(run, samples=4000):
                 title="Fig. 8: XY chain N=64, connected zz correlator")
 
 
-def fig9(run, samples=200, realizations=6):
-    base = _cfg({"kind": "heisenberg", "n_sites": 12, "hz": 10.0},
+def fig9(run, samples=1000, realizations=10):
+    base = _cfg({"kind": "heisenberg", "n_sites": 16, "hz": 10.0},
                 {"kind": "neel"},
                 {"kind": "sb", "cluster_size": 2, "samples": samples, "antithetic": True},
                 {"dt": 0.005, "t_max": 5.0, "output_dt": 0.05},
@@ -219,7 +240,7 @@ def fig9(run, samples=200, realizations=6):
                 ylabel="$m_z$", title="Fig. 9: mean field vs CTWA, $h_z$=10")
 
 
-def discrete(run, samples=1000):
+def discrete(run, samples=4000):
     """Gaussian (52)–(54) vs discrete (products of single-spin DTWA points) sampling.
 
     Reported per run: ``noise`` = per-sample standard deviation of m_z averaged over time
@@ -263,6 +284,8 @@ def discrete(run, samples=1000):
 # -- plotting -------------------------------------------------------------------------------------
 def _plot_lines(ax, panel):
     t = panel["exact"]["time"] if panel.get("exact") else None
+    if panel.get("loglog"):
+        return _plot_loglog(ax, panel)
     colors = {1: "tab:blue", 2: "tab:orange", 4: "tab:green"}
     for label, d, method in panel["curves"]:
         n = int(label.split("n=")[1].split(",")[0])
@@ -285,6 +308,23 @@ def _plot_lines(ax, panel):
         tt = np.linspace(1.0, t[-1], 80)
         ax.plot(tt, m_eq + a / np.sqrt(tt), "k:", lw=1,
                 label=rf"${m_eq:.2f} {a:+.2f}/\sqrt{{t}}$")
+    ax.set_xlabel("t")
+    ax.set_ylabel(panel["ylabel"])
+    ax.set_title(panel["title"], fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+
+
+def _plot_loglog(ax, panel):
+    colors = {1: "tab:blue", 2: "tab:orange", 4: "tab:green"}
+    for label, d, method in panel["curves"]:
+        n = int(label.split("n=")[1].split(",")[0])
+        m = np.abs(d["observables"][panel["obs"]]["mean"].reshape(len(d["time"]), -1)[:, 0])
+        t = d["time"]
+        ax.loglog(t[1:], m[1:], "--" if method == "sb" else "-", color=colors.get(n, "k"),
+                  label=label, lw=1.2)
+    tt = np.linspace(5.0, t[-1], 50)
+    amp = m[np.searchsorted(t, 10.0)] * np.sqrt(10.0)
+    ax.loglog(tt, amp / np.sqrt(tt), "k:", lw=1, label=r"$\propto t^{-1/2}$")
     ax.set_xlabel("t")
     ax.set_ylabel(panel["ylabel"])
     ax.set_title(panel["title"], fontsize=9)

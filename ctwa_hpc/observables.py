@@ -16,6 +16,7 @@ Named observables (``observables.names`` in a run file):
 ``czz``             ⟨σ^z_i σ^z_j⟩ for the configured site pairs, shape (n_pairs,)
 ``czz_connected``   ⟨σ^z_i σ^z_j⟩ − ⟨σ^z_i⟩⟨σ^z_j⟩, eqs. (46)–(48); standard error by the
                     delta method from the cross moments of the three columns
+``czz_map``         ⟨σ^z_0 σ^z_Δ⟩_c for every Δ = 1 … ⌊N/2⌋: the (time × distance) map of fig. 8
 ``energy``          the classical energy H_W (time-independent H only), conserved by CTWA
 ``entropy``         von Neumann entropy (bits, eq. (45)) of the reduced density matrix of each
                     subsystem in ``observables.subsystems``; ``renyi2`` = −log2 Tr ρ_A²;
@@ -31,8 +32,8 @@ import numpy as np
 
 from .clusters import EntryTable
 
-NAMES = ("sz", "sx", "sy", "mz_staggered", "czz", "czz_connected", "energy", "entropy",
-         "renyi2", "rdm_min_eig")
+NAMES = ("sz", "sx", "sy", "mz_staggered", "czz", "czz_connected", "czz_map", "energy",
+         "entropy", "renyi2", "rdm_min_eig")
 RDM_NAMES = ("entropy", "renyi2", "rdm_min_eig")
 MAX_SUBSYSTEM = 4
 
@@ -156,9 +157,11 @@ class ObservableSet:
             cols = [self.column([(1.0, ((i, "Z"), (j, "Z")))]) for i, j in self.pairs]
             self.outputs[name] = Output(name, "direct", np.array(cols), "<sigma^z_i sigma^z_j>",
                                         [f"{i},{j}" for i, j in self.pairs])
-        elif name == "czz_connected":
+        elif name in ("czz_connected", "czz_map"):
+            pairs = self.pairs if name == "czz_connected" else \
+                [(0, d) for d in range(1, n // 2 + 1)]
             trip = []
-            for i, j in self.pairs:
+            for i, j in pairs:
                 p = self.column([(1.0, ((min(i, j), "Z"), (max(i, j), "Z")))])
                 x = self.column([(1.0, ((i, "Z"),))])
                 y = self.column([(1.0, ((j, "Z"),))])
@@ -167,7 +170,7 @@ class ObservableSet:
                 trip.append((p, x, y))
             self.outputs[name] = Output(name, "connected", np.array(trip, dtype=np.int64),
                                         "<sz_i sz_j> - <sz_i><sz_j>",
-                                        [f"{i},{j}" for i, j in self.pairs])
+                                        [f"{i},{j}" for i, j in pairs])
         elif name == "energy":
             if hamiltonian is None:
                 raise ValueError("observables.names: 'energy' needs the Hamiltonian")
