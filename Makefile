@@ -54,8 +54,8 @@ run: build
 	fi
 
 test: build
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 tests
 	@$(MAKE) --no-print-directory test-slurm
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 tests
 
 test-fast: build
 	$(PY) -m pytest -q -p no:cacheprovider -x -m "not slow" tests
