@@ -82,6 +82,21 @@ def _dev(a, b):
     return float(np.max(np.abs(a - b))), float(np.mean(np.abs(a - b)))
 
 
+_LABEL = {"reduced": "operator", "sb": "SB", "meanfield": "mean field"}
+
+
+def _sweep(run, fig, tag, base, ex, methods, sizes, obs):
+    """Runs of every (method, cluster size) beside the exact data ``ex``: (curves, stats)."""
+    curves, stats = [], {}
+    for method in methods:
+        for n in sizes:
+            d = run.get(fig, f"{tag}{method}_c{n}",
+                        _with(base, method={"kind": method, "cluster_size": n}))
+            curves.append((f"{_LABEL[method]} n={n}", d, method))
+            stats[f"{tag}{method}_c{n}"] = _dev(_series(d, obs)[0], _series(ex, obs)[0])
+    return curves, stats
+
+
 # -- figure definitions -------------------------------------------------------------------------
 def fig4(run, samples=2000):
     base = _cfg({"kind": "tfim", "n_sites": 4, "J": 0.125, "hx": 1.0},
@@ -90,14 +105,8 @@ def fig4(run, samples=2000):
                 {"dt": 0.01, "t_max": 20.0, "output_dt": 0.1},
                 {"names": ["mz_staggered"]})
     ex = run.get("fig4", "exact", _with(base, method={"kind": "exact"}), exact=True)
-    curves, stats = [], {}
-    for method in ("reduced", "sb"):
-        for n in (1, 2, 4):
-            d = run.get("fig4", f"{method}_c{n}", _with(base, method={"kind": method,
-                                                                      "cluster_size": n}))
-            curves.append((f"{'operator' if method == 'reduced' else 'SB'} n={n}", d, method))
-            stats[f"{method}_c{n}"] = _dev(_series(d, "mz_staggered")[0],
-                                           _series(ex, "mz_staggered")[0])
+    curves, stats = _sweep(run, "fig4", "", base, ex, ("reduced", "sb"), (1, 2, 4),
+                           "mz_staggered")
     return dict(kind="lines", obs="mz_staggered", exact=ex, curves=curves, stats=stats,
                 ylabel="staggered magnetization", title="Fig. 4: 4-spin Ising, eq. (24)")
 
@@ -138,14 +147,8 @@ def fig6(run, samples=1000, realizations=10):
                     {"names": ["mz_staggered"]},
                     {"realizations": realizations, "seed": 6})
         ex = run.get("fig6", f"hz{hz:g}_exact", _with(base, method={"kind": "exact"}), exact=True)
-        curves, stats = [], {}
-        for method in ("reduced", "sb"):
-            for n in (1, 2, 4):
-                d = run.get("fig6", f"hz{hz:g}_{method}_c{n}",
-                            _with(base, method={"kind": method, "cluster_size": n}))
-                curves.append((f"{'operator' if method == 'reduced' else 'SB'} n={n}", d, method))
-                stats[f"hz{hz:g}_{method}_c{n}"] = _dev(_series(d, "mz_staggered")[0],
-                                                        _series(ex, "mz_staggered")[0])
+        curves, stats = _sweep(run, "fig6", f"hz{hz:g}_", base, ex, ("reduced", "sb"),
+                               (1, 2, 4), "mz_staggered")
         out["panels"].append(dict(kind="lines", obs="mz_staggered", exact=ex, curves=curves,
                                   stats=stats, ylabel="$m_z$",
                                   title=f"Fig. 6: disordered Heisenberg N=16, $h_z$={hz:g}"))
@@ -161,7 +164,7 @@ def fig6(run, samples=1000, realizations=10):
         for n in (2, 4):
             d = run.get("fig6", f"N64_{method}_c{n}",
                         _with(long, method={"kind": method, "cluster_size": n}))
-            curves.append((f"{'operator' if method == 'reduced' else 'SB'} n={n}", d, method))
+            curves.append((f"{_LABEL[method]} n={n}", d, method))
             m, _ = _series(d, "mz_staggered")
             t = d["time"]
             sel = t >= 10.0
@@ -227,15 +230,8 @@ def fig9(run, samples=1000, realizations=10):
                 {"names": ["mz_staggered"]},
                 {"realizations": realizations, "seed": 9})
     ex = run.get("fig9", "exact", _with(base, method={"kind": "exact"}), exact=True)
-    curves, stats = [], {}
-    for method in ("meanfield", "sb"):
-        for n in (1, 2, 4):
-            d = run.get("fig9", f"{method}_c{n}",
-                        _with(base, method={"kind": method, "cluster_size": n,
-                                            "antithetic": method == "sb"}))
-            curves.append((f"{'mean field' if method == 'meanfield' else 'SB'} n={n}", d, method))
-            stats[f"{method}_c{n}"] = _dev(_series(d, "mz_staggered")[0],
-                                           _series(ex, "mz_staggered")[0])
+    curves, stats = _sweep(run, "fig9", "", base, ex, ("meanfield", "sb"), (1, 2, 4),
+                           "mz_staggered")
     return dict(kind="lines", obs="mz_staggered", exact=ex, curves=curves, stats=stats,
                 ylabel="$m_z$", title="Fig. 9: mean field vs CTWA, $h_z$=10")
 

@@ -134,10 +134,8 @@ def integrate(problem, plan, psi0, weights, t0, dt, n_steps, out_every, tf_tab,
     tables = compile_tables(problem, plan)
     cols, psi, bad = _gp.run(tables, _f64(psi0), weights, float(dt), n_steps, out_every, tf_tab,
                              threads=threads)
-    if bad is not None:
-        out_idx, s = bad
-        raise dynamics.NonFiniteError(sample_ids[s], t0 + out_idx * out_every * dt)
-    return cols, psi.view(np.complex128).reshape(psi0.shape)
+    _raise_non_finite(bad, sample_ids, t0, out_every * dt)
+    return cols, _complex(psi, psi0.shape)
 
 
 def integrate_tangent(problem, plan, psi0, dpsi0, weights, t0, dt, n_steps, out_every, tf_tab,
@@ -175,11 +173,20 @@ def integrate_tangent(problem, plan, psi0, dpsi0, weights, t0, dt, n_steps, out_
     tables = compile_tables(problem, plan)
     cols, psi, dpsi, bad = _gp.run_tangent(tables, _f64(psi0), _f64(dpsi0), weights, float(dt),
                                            n_steps, out_every, tf_tab, threads=threads)
+    _raise_non_finite(bad, sample_ids, t0, out_every * dt)
+    return cols, _complex(psi, psi0.shape), _complex(dpsi, psi0.shape)
+
+
+def _raise_non_finite(bad, sample_ids, t0, out_dt):
+    """The kernel reports (output index, batch index) of the first non-finite sample."""
     if bad is not None:
         out_idx, s = bad
-        raise dynamics.NonFiniteError(sample_ids[s], t0 + out_idx * out_every * dt)
-    return (cols, psi.view(np.complex128).reshape(psi0.shape),
-            dpsi.view(np.complex128).reshape(psi0.shape))
+        raise dynamics.NonFiniteError(sample_ids[s], t0 + out_idx * out_dt)
+
+
+def _complex(split, shape):
+    """The kernel's interleaved float64 state as complex128 of ``shape``."""
+    return split.view(np.complex128).reshape(shape)
 
 
 # ------------------------------------------------------------------------------------------
