@@ -45,8 +45,9 @@ setup(
     description="MPI-parallel cluster truncated Wigner approximation (CTWA) for spin-1/2 dynamics",
     packages=find_packages(include=["ctwa_hpc", "ctwa_hpc.*"]),
     ext_modules=extensions(),
-    python_requires=">=3.10",
-    install_requires=["numpy>=1.24", "scipy>=1.10", "h5py>=3.7"],
+    python_requires=">=3.11",  # tomllib
+    install_requires=["numpy>=1.24", "scipy>=1.10", "h5py>=3.7", "xarray>=2024.10",
+                      "h5netcdf>=1.3"],
     extras_require={"mpi": ["mpi4py>=3.1"], "plot": ["matplotlib"]},
     entry_points={"console_scripts": ["ctwa-hpc = ctwa_hpc.cli:main"]},
 )

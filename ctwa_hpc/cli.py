@@ -3,16 +3,33 @@
     ctwa-hpc run CONFIG.toml [-o OUT.h5] [--set section.key=value ...] [--force] [--resume] [-q]
     ctwa-hpc exact CONFIG.toml [-o OUT.h5] [--set ...] [--force]
     ctwa-hpc bench [--quick] [--json PATH]
-    ctwa-hpc info OUT.h5
+    ctwa-hpc info OUT.h5                                  (layout, config, provenance)
+    ctwa-hpc merge A.h5 B.h5 ... -o C.h5 [--force]        (jobs over disjoint ranges)
+    ctwa-hpc check-dt CONFIG.toml [--samples S] [--realizations R] [--set ...]
     ctwa-hpc plot [fig4 ... | --all] [--outdir DIR] [--force]      (the paper's figures)
-    ctwa-hpc plot --file OUT.h5 --obs NAME [--index I] [-o PNG]       (any output file)
+    ctwa-hpc plot --file A.h5 [--file B.h5] --obs NAME [--obs ...] [--index I ...] [-o PNG]
 
 Under MPI launch it as ``mpirun -n P python -m mpi4py -m ctwa_hpc run CONFIG.toml`` so that a
 failing rank aborts the whole job instead of hanging it.
 
-Exit codes: 0 done (or nothing left to resume), 1 unexpected error, 2 bad configuration or
-refused overwrite/checkpoint, 3 interrupted by SIGTERM/SIGUSR1/SIGINT with a checkpoint saved
-(continue with the same command plus ``--resume``).
+Exit codes (the same on every rank; under MPI ``mpirun`` returns it too):
+
+  0  done, or nothing left to resume (``--resume`` on a finished output)
+  1  unexpected error, or the output could not be written (disk full, I/O error): the
+     checkpoint is kept with every finished block; free space and rerun with ``--resume``
+  2  bad input or refused: configuration errors (the message starts with the field), an
+     existing output without ``--force``, ``-o`` equal to the config file, an output in use
+     by another run (lock ``OUT.h5.lock``), a damaged or foreign checkpoint, errors found
+     during the run (a non-finite trajectory: reduce time.dt)
+  3  interrupted by SIGTERM/SIGUSR1/SIGINT with a checkpoint saved (continue with the same
+     command plus ``--resume``)
+
+An error on one rank only (e.g. the config file not visible on one node) stops every rank
+within seconds, and its message is printed.  Signals: send SIGUSR1 to ``mpirun`` (it forwards
+it to every rank) or SIGTERM to the ranks themselves (``srun``/``scancel --signal``), as
+``jobs/single.slurm`` does; SIGTERM or SIGINT to ``mpirun`` itself makes Open MPI kill the
+ranks after forwarding, and ``mpirun`` then exits 1 whatever the ranks return (the checkpoint
+is saved if the ranks got the time to write it).
 """
 from __future__ import annotations
 
@@ -58,30 +75,42 @@ def build_parser():
         bench.add_arguments(p)
     except ImportError:  # pragma: no cover
         pass
-    p = sub.add_parser("info", help="summarize an output file")
+    p = sub.add_parser("info", help="layout, config and provenance of an output file")
     p.add_argument("path")
+    p = sub.add_parser("merge", help="merge jobs over disjoint realizations or sample ranges")
+    p.add_argument("inputs", nargs="+", metavar="IN.h5", help="output files of the jobs")
+    p.add_argument("-o", "--output", required=True, help="merged output file")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p = sub.add_parser("check-dt", help="integrator error at dt vs dt/2 against the Monte "
+                       "Carlo error (same random numbers)")
+    p.add_argument("config", help="TOML run file")
+    p.add_argument("--samples", type=int, help="samples per realization and offset "
+                   "(default: min(method.samples, 100))")
+    p.add_argument("--realizations", type=int, help="realizations checked (default: "
+                   "min(disorder.realizations, 2))")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p = sub.add_parser("plot", help="the paper's figures 4-9, or one observable of a file")
     p.add_argument("figures", nargs="*", help="fig4 fig5 fig6 fig7 fig8 fig9 discrete")
     p.add_argument("--all", action="store_true", help="every figure")
     p.add_argument("--outdir", default="figures", help="figure and data directory")
     p.add_argument("--force", action="store_true", help="recompute cached runs")
     p.add_argument("--format", default="png", choices=["png", "pdf"], help="image format")
-    p.add_argument("--file", help="plot an output file instead of the paper's figures")
-    p.add_argument("--obs", help="observable name (with --file)")
-    p.add_argument("--index", type=int, default=0, help="component, e.g. the site (with --file)")
+    p.add_argument("--file", action="append", help="plot output files instead of the paper's "
+                   "figures (repeatable: curves overlaid)")
+    p.add_argument("--obs", action="append", help="observable name (with --file; repeatable)")
+    p.add_argument("--index", type=int, action="append", help="component, e.g. the site (with "
+                   "--file; repeatable; default 0)")
     p.add_argument("-o", "--output", help="image path (with --file)")
     return ap
 
 
 def plot_command(args):
-    from . import figures
     if args.file:
-        if not args.obs:
-            print("ctwa-hpc: error: plot --file needs --obs", file=sys.stderr)
-            return 2
-        out = args.output or os.path.splitext(args.file)[0] + f"_{args.obs}.{args.format}"
-        print(figures.plot_file(args.file, args.obs, out, args.index))
-        return 0
+        from . import plotting
+        return plotting.plot_command(args)
+    from . import figures
     names = list(figures.FIGURES) if args.all else args.figures
     if not names:
         print("ctwa-hpc: error: name figures or use --all", file=sys.stderr)
@@ -104,8 +133,13 @@ def main(argv=None):
         return bench.main(args) or 0
     if args.command == "info":
         from . import io
-        print_summary(io.load(args.path))
-        return 0
+        return io.info_command(args, print_summary)
+    if args.command == "merge":
+        from . import merge
+        return merge.merge_command(args)
+    if args.command == "check-dt":
+        from . import checkdt
+        return checkdt.check_dt_command(args)
     if args.command == "plot":
         return plot_command(args)
     from . import parallel
@@ -138,54 +172,165 @@ def _decide(cfg, sim, args, comm):
     return None, "run"
 
 
-def run_command(args, comm=None):
-    from . import checkpoint, config, io, parallel
+# -- run / exact: stages ------------------------------------------------------------------------
+# 1. setup on every rank without any collective; failures are gathered (allgather) so that a
+#    rank-local error (config not visible on one node, kernel not loadable) stops every rank
+#    with exit 2 and rank 0 prints the failing rank's message;
+# 2. rank 0 takes the output lock, removes stale temporaries and decides; broadcast;
+# 3. the work (collective inside the runner): an error on one rank cannot be agreed on, so
+#    that rank prints its message, marks the checkpoint failed and calls MPI_Abort(code);
+# 4. final checkpoint save, free-space check (rank 0, broadcast), the write.
+def _message(exc):
+    return str(exc) or type(exc).__name__
+
+
+def _setup(args, comm):
+    """(cfg, sim, moment bytes, error message, exit code) of this rank; never raises."""
+    from . import config, guards
     from .runner import Simulation
+    overrides = list(args.set)
+    if args.command == "exact":
+        overrides.append('method.kind="exact"')
+    cfg = sim = None
+    try:
+        cfg = config.load(args.config, overrides)
+        if args.output is not None:  # the path as given: never re-parsed as TOML
+            cfg["output"]["path"] = args.output
+        guards.check_output_path(cfg["output"]["path"], args.config)
+        guards.check_time_grid(cfg)
+        sim = Simulation(cfg, comm, backend=getattr(args, "backend", None), quiet=args.quiet)
+        if sim.method != "exact":
+            sim.backend_used()  # method.backend = "cython" without a build fails here
+        mbytes = guards.check_simulation(sim)
+    except (ValueError, ArithmeticError, FileExistsError, RuntimeError, ImportError,
+            OSError) as exc:
+        return cfg, sim, 0, _message(exc), 2
+    except Exception as exc:  # a bug: keep the traceback, but do not hang the other ranks
+        import traceback
+        traceback.print_exc()
+        return cfg, sim, 0, f"unexpected {type(exc).__name__}: {_message(exc)}", 1
+    return cfg, sim, mbytes, None, 0
+
+
+def _report_setup_failures(comm, gathered):
+    """Print (rank 0) the distinct setup errors; returns the exit code (0: none)."""
+    bad = [(k, e, c) for k, (e, c) in enumerate(gathered) if e]
+    if not bad:
+        return 0
+    if comm.rank == 0:
+        shown = set()
+        for k, e, _ in bad:
+            if e in shown:
+                continue
+            shown.add(e)
+            where = "" if len(bad) == len(gathered) else f" (rank {k})"
+            print(f"ctwa-hpc: error{where}: {e}", file=sys.stderr)
+    return max(c for _, _, c in bad)
+
+
+def _die(comm, exc, ck, path, lock, writing=False):
+    """An error during the work or the write: message, checkpoint marked, abort all ranks."""
+    from . import guards
+    code = 2 if isinstance(exc, (ValueError, ArithmeticError)) and not writing else 1
+    if code == 1 and not isinstance(exc, OSError):
+        import traceback
+        traceback.print_exc()
+    where = f" (rank {comm.rank})" if comm.size > 1 else ""
+    print(f"ctwa-hpc: error{where}: {_message(exc)}", file=sys.stderr)
+    if ck is not None:
+        if comm.size == 1 and not ck.own and ck.generation == 0:
+            ck.remove()  # nothing finished: leave no state behind
+        else:
+            ck.mark_failed(_message(exc))
+            print(f"ctwa-hpc: the checkpoint {ck.dir} keeps the finished work blocks: after "
+                  "fixing the cause, run the same command with --resume (a changed "
+                  "configuration starts from the beginning)", file=sys.stderr)
+    if comm.rank == 0:
+        guards.remove_output_temporaries(path)
+        if lock is not None:
+            lock.release()
+    if comm.size > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        comm.Abort(code)  # other ranks may be waiting inside a collective
+    return code
+
+
+def run_command(args, comm=None):
+    """``run`` and ``exact``: returns the exit code (the same on every rank), or aborts the
+    MPI job with the failing rank's code when an error cannot be agreed on."""
+    from . import checkpoint, parallel
     comm = comm if comm is not None else parallel.get_comm()
     setup_logging(comm, args.quiet)
     if comm.size > 1 and comm.rank == 0 and "OMP_NUM_THREADS" not in os.environ:
         log.warning("OMP_NUM_THREADS is not set: set it to 1 (or cores per rank) under MPI")
-    overrides = list(args.set)
-    if args.output:
-        overrides.append(f'output.path="{args.output}"')
-    if args.command == "exact":
-        overrides.append('method.kind="exact"')
+    # stop signals are caught from the start until the output is written: a stop during the
+    # setup ends the run at its first block boundary (exit 3), a late one is ignored
+    flag = checkpoint.StopFlag().install()
     try:
-        cfg = config.load(args.config, overrides)
-        sim = Simulation(cfg, comm, backend=getattr(args, "backend", None), quiet=args.quiet)
-        if sim.method != "exact":
-            sim.backend_used()  # method.backend = "cython" without a build fails here
-        err, action = comm.bcast(_decide(cfg, sim, args, comm), root=0)
-        if err:
-            raise ValueError(err)
-    except (ValueError, FileExistsError, RuntimeError) as exc:
-        if comm.rank == 0:
-            print(f"ctwa-hpc: error: {exc}", file=sys.stderr)
-        return 2
+        return _run(args, comm, flag)
+    finally:
+        flag.restore()
+
+
+def _run(args, comm, flag):
+    from . import guards
+    cfg, sim, mbytes, err, code = _setup(args, comm)
+    gathered = comm.allgather((err, code)) if comm.size > 1 else [(err, code)]
+    code = _report_setup_failures(comm, gathered)
+    if code:
+        return code
+    exact_run = sim.method == "exact"
+    if exact_run:
+        flag.restore()  # no checkpoint: stop signals keep their default action
     path = cfg["output"]["path"]
-    if action == "complete":
-        log.info("nothing to resume: %s is complete for this configuration (--force recomputes)",
-                 path)
-        return 0
+    lock, decision = None, None
+    if comm.rank == 0:
+        try:
+            lock = guards.OutputLock(path).acquire()
+            guards.remove_output_temporaries(path)
+            decision = _decide(cfg, sim, args, comm)
+            if decision[0] is None and decision[1] == "run" and not exact_run:
+                guards.check_free_space(path, mbytes * (3 * comm.size + 3),
+                                        "this run (output and checkpoint)")
+        except (ValueError, OSError) as exc:
+            decision = (_message(exc), "run")
+    err, action = comm.bcast(decision, root=0)
+    try:
+        if err:
+            if comm.rank == 0:
+                print(f"ctwa-hpc: error: {err}", file=sys.stderr)
+            return 2
+        if action == "complete":
+            log.info("nothing to resume: %s is complete for this configuration (--force "
+                     "recomputes)", path)
+            return 0
+        return _work(args, comm, flag, cfg, sim, path, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _work(args, comm, flag, cfg, sim, path, lock):
+    from . import checkpoint, guards, io
     log.info("%s; method %s, %d realization(s), %d sample(s), %d rank(s)",
              sim.build_model(0).summary(), cfg["method"]["kind"],
              cfg["disorder"]["realizations"], sim.samples, comm.size)
     ck = None
     if sim.method != "exact":
-        ck = checkpoint.Checkpoint(checkpoint.directory_for(path), comm, cfg,
-                                   len(sim.plan_work()), cfg["output"]["checkpoint_every_s"])
-    # stop signals stay caught until the output is written: a late SIGTERM/SIGUSR1 (e.g.
-    # from the job script) is then ignored instead of killing a finished run
-    flag = checkpoint.StopFlag().install() if ck is not None else None
+        items = sim.plan_work()
+        row = getattr(sim, "row", sim.stream_key)
+        per = 2 if sim.antithetic else 1
+        ck = checkpoint.Checkpoint(
+            checkpoint.directory_for(path), comm, cfg, len(items),
+            cfg["output"]["checkpoint_every_s"],
+            item_rows=[row(it.realization, it.offset_index) for it in items],
+            item_counts=[(it.stop - it.start) // per for it in items],
+            content_hash=getattr(getattr(sim, "models", None), "content_hash", None))
     try:
-        result = sim.run(checkpoint=ck, resume=getattr(args, "resume", False), force=args.force,
-                         stop_flag=flag)
-        io.write_output(path, result, comm, partial=sim.partial, force=args.force)
-        if ck is not None:
-            ck.remove()
-        if flag is not None and flag.reason and not flag.acted:
-            log.warning("%s arrived after the last work block: ignored", flag.reason)
-    except checkpoint.CheckpointError as exc:
+        result = sim.run(checkpoint=ck, resume=getattr(args, "resume", False),
+                         force=args.force, stop_flag=flag if ck is not None else None)
+    except checkpoint.CheckpointError as exc:  # raised on every rank alike
         if comm.rank == 0:
             print(f"ctwa-hpc: error: {exc}", file=sys.stderr)
         return 2
@@ -193,17 +338,65 @@ def run_command(args, comm=None):
         if comm.rank == 0:
             log.warning("%s; resume with: %s", exc, checkpoint.resume_hint())
         return checkpoint.EXIT_INTERRUPTED
-    finally:
-        if flag is not None:
-            flag.restore()
+    except Exception as exc:
+        return _die(comm, exc, ck, path, lock)
+    try:
+        if ck is not None:
+            try:  # every finished block in the checkpoint: a failed write loses nothing
+                ck.save_current(sim.partial)
+            except OSError as exc:
+                log.warning("could not update the checkpoint before writing (%s)", exc)
+        verdict = None
+        if comm.rank == 0:
+            try:
+                guards.check_free_space(path, guards.result_bytes(result, comm.size),
+                                        "the output file")
+            except ValueError as exc:
+                verdict = _message(exc)
+        verdict = comm.bcast(verdict, root=0)
+        if verdict:
+            raise OSError(verdict + (f"; the checkpoint {ck.dir} is kept: free space and run "
+                                     "the same command with --resume" if ck else ""))
+        io.write_output(path, result, comm, partial=sim.partial, force=args.force)
+    except Exception as exc:
+        return _die(comm, exc, ck, path, lock, writing=True)
+    if ck is not None:
+        ck.remove()
+    if flag.reason and not flag.acted:
+        log.warning("%s arrived after the last work block: ignored", flag.reason)
     if comm.rank == 0:
         log.info("wrote %s", path)
-        print_summary(io.load(path))
+        try:
+            print_summary(io.load(path))
+        except Exception as exc:  # the file is written; a summary problem is not fatal
+            log.warning("cannot summarize %s: %s", path, exc)
     return 0
 
 
+def _zline(dev, se, what):
+    """' vs exact' line: max |dev|, and z = |dev|/se where se > 0 (no z without an error)."""
+    line = f"    vs exact: max |dev| = {dev.max():.4g}"
+    if se is None:
+        return line + " (no error estimate)"
+    se = np.broadcast_to(se, dev.shape)
+    pos = se > 0
+    if not pos.any():
+        return line + " (no sampling error: deterministic run)"
+    z = dev[pos] / se[pos]
+    line += f", z = |dev|/{what}: max {z.max():.2f}, mean {z.mean():.2f}"
+    if not pos.all():
+        line += f"; {int((~pos).sum())} point(s) without error, max |dev| there " \
+                f"{dev[~pos].max():.3g}"
+    return line
+
+
 def print_summary(data):
-    """A short human-readable table of an output file."""
+    """A short human-readable table of an output file.
+
+    Against the exact reference the z-scores use ``stderr_within``, the Monte Carlo error
+    alone: CTWA and the exact reference share the disorder realizations, so the disorder spread
+    is not part of their difference.  For a correct run |z| averages ≈ 0.8 (half-normal).
+    """
     a = data["attrs"]
     t = data["time"]
     print(f"ctwa-hpc {a.get('ctwa_hpc_version')}  method={a.get('method')}  "
@@ -225,8 +418,12 @@ def print_summary(data):
         if name in data.get("exact", {}):
             ex = data["exact"][name]["mean"].reshape(len(t), -1)
             dev = np.abs(mean - ex)
-            line = f"    vs exact: max |dev| = {dev.max():.4f}"
-            if se is not None:
-                z = dev / np.maximum(se, 1e-300)
-                line += f", max z = {z.max():.2f}, mean z = {z.mean():.2f}"
-            print(line)
+            within = o.get("stderr_within")
+            if within is not None:
+                print(_zline(dev, within.reshape(len(t), -1), "stderr_within"))
+            else:
+                print(_zline(dev, se, "stderr"))
+    compare = (data.get("config") or {}).get("output", {}).get("compare_exact")
+    if compare and not data.get("exact") and a.get("method") != "exact":
+        reason = a.get("exact_skipped") or "no exact reference for this run"
+        print(f"  exact reference skipped: {reason}")

@@ -6,11 +6,13 @@ The resolved config (defaults included) is written into the HDF5 output as TOML 
 
 Sections and keys (README.md documents each one; ``SCHEMA`` below is the source of truth):
 
-``[model]``       kind, n_sites, boundary, J, hx, hz, terms
-``[disorder]``    realizations, seed
+``[model]``       kind, n_sites, boundary, J, hx, hz, terms, fields, params, coupling_f, file,
+                  lattice, size, spacing, positions, filling, box, blockade_radius,
+                  positions_file, interaction, alpha, cutoff, axis, anisotropy
+``[disorder]``    realizations, seed, first
 ``[state]``       kind, pattern, angles, flipped, polarized
-``[method]``      kind, cluster_size, offsets, clusters, samples, seed, antithetic, sampling,
-                  backend, batch
+``[method]``      kind, cluster_size, offsets, clusters, clustering, plaquette, samples, seed,
+                  first_sample, antithetic, sampling, precision, backend, batch
 ``[time]``        dt, t_max, output_dt
 ``[observables]`` names, pairs, custom, subsystems, kick
 ``[output]``      path, compare_exact, checkpoint_every_s, progress_every_s, exact_draws,
@@ -26,21 +28,55 @@ import tomllib
 REQUIRED = object()
 METHODS = ("sb", "operator", "reduced", "meanfield", "exact")
 BACKENDS = ("auto", "cython", "numpy")
+CLUSTERINGS = ("blocks", "plaquettes", "strongest_pairs", "greedy")
 
 # section -> key -> (type, default, description)
 SCHEMA = {
     "model": {
-        "kind": (str, REQUIRED, "tfim | ising_chaotic | heisenberg | xy | custom"),
-        "n_sites": (int, REQUIRED, "number of spins N"),
+        "kind": (str, REQUIRED, "tfim | ising_chaotic | heisenberg | xy | custom | couplings | "
+                 "lattice"),
+        "n_sites": (int, None, "number of spins N (derived for couplings and lattice models)"),
         "boundary": (str, None, "open | periodic (model default if omitted)"),
         "J": (float, None, "coupling (model default if omitted)"),
         "hx": (float, None, "transverse field (tfim, ising_chaotic)"),
         "hz": (float, None, "longitudinal field or disorder strength (heisenberg: h_z δ_i)"),
-        "terms": (list, None, "custom model: list of {coef, ops, f} tables"),
+        "terms": (list, None, "list of {coef, ops, f} tables (custom; extra terms of any "
+                  "couplings or lattice model)"),
+        "fields": (list, [], "single-site fields of any model: [{component, kind = uniform | "
+                   "box | gaussian, value | W | sigma, f}]; box/gaussian are random per "
+                   "realization"),
+        "params": (dict, {}, "named parameters of the time functions, e.g. {omega = 2.0}"),
+        "coupling_f": (dict, {}, "time function per coupling family of couplings/lattice "
+                       "models, e.g. {zz = \"cos(omega*t)\"}"),
+        "file": (str, None, "couplings model: .npz or .h5 file with J_xx, J_yy, J_zz, "
+                 "[J_xy, J_xz, J_yz] (N, N) and [h_x, h_y, h_z] (N,), optional leading "
+                 "realization axis"),
+        "lattice": (str, None, "lattice model: chain | square | triangular | honeycomb | cubic"),
+        "size": (list, None, "lattice model: cells per axis, e.g. [4, 4]"),
+        "spacing": (float, 1.0, "lattice model: lattice constant"),
+        "positions": (str, "lattice", "lattice model: lattice | filled | box | blockade | file"),
+        "filling": (float, None, "positions = filled: fraction of lattice sites occupied "
+                    "(random per realization)"),
+        "box": (list, None, "positions = box | blockade: box lengths per axis"),
+        "blockade_radius": (float, None, "positions = blockade: no pair closer than this"),
+        "positions_file": (str, None, "positions = file: .npy/.npz/.txt/.csv of shape (N, d)"),
+        "sublattice": (str, None, "staggered sign / Néel pattern: lattice (the lattice's "
+                       "bipartition, default) | alternating ((-1)^k in site order, e.g. the "
+                       "occupied sites of a partially filled chain)"),
+        "interaction": (str, "nearest", "lattice model: nearest | power_law | dipolar"),
+        "alpha": (float, None, "power_law: exponent of J / r^alpha"),
+        "cutoff": (float, None, "power_law | dipolar: no coupling beyond this distance"),
+        "axis": (list, None, "dipolar: quantization axis (default [0, 0, 1])"),
+        "anisotropy": (dict, None, "coefficients of XX, YY, ZZ (XY, XZ, YZ) per pair, e.g. "
+                       "{xx = 1.0, yy = 1.0, zz = 2.0} (default Heisenberg: all 1)"),
     },
     "disorder": {
-        "realizations": (int, 1, "number of disorder realizations"),
-        "seed": (int, 0, "disorder seed: δ_i keyed by (seed, realization)"),
+        "realizations": (int, None, "number of disorder realizations (default 1; a couplings "
+                         "file with a realization axis: all of its realizations from first)"),
+        "seed": (int, 0, "disorder seed: every random model ingredient keyed by (seed, "
+                 "realization)"),
+        "first": (int, 0, "index of this job's first realization (jobs over disjoint "
+                  "realizations merge exactly)"),
     },
     "state": {
         "kind": (str, "neel", "up | down | neel | x | y | pattern | angles | bath"),
@@ -54,10 +90,18 @@ SCHEMA = {
         "cluster_size": (int, 1, "sites per contiguous cluster"),
         "offsets": (list, [0], "cluster offsets averaged over (list of ints)"),
         "clusters": (list, None, "explicit partition [[sites], ...] (overrides cluster_size)"),
+        "clustering": (str, "blocks", "blocks | plaquettes | strongest_pairs | greedy: clusters "
+                       "chosen per realization"),
+        "plaquette": (list, None, "clustering = plaquettes: cells per cluster and axis, e.g. "
+                      "[2, 2]"),
         "samples": (int, 1000, "Monte Carlo samples per realization and offset"),
         "seed": (int, 1, "sampling seed: streams keyed by (seed, realization, sample)"),
+        "first_sample": (int, 0, "index of this job's first sample (jobs over disjoint sample "
+                         "ranges merge exactly through /moments)"),
         "antithetic": (bool, False, "antithetic pairs ξ, −ξ (samples must be even)"),
         "sampling": (str, "gaussian", "gaussian | discrete (operator/reduced only)"),
+        "precision": (str, "double", "double | single (float32 trajectories, float64 "
+                      "accumulation)"),
         "backend": (str, "auto", "auto | cython | numpy"),
         "batch": (int, 256, "samples per kernel call (work block)"),
     },
@@ -69,7 +113,9 @@ SCHEMA = {
     "observables": {
         "names": (list, ["sz", "mz_staggered"], "named observables"),
         "pairs": (list, None, "site pairs for czz/czz_connected (default: nearest neighbours)"),
-        "custom": (list, [], "custom Pauli strings: [{name, ops}]"),
+        "custom": (list, [], "custom observables: [{name, ops}] or [{name, terms = [{coef, "
+                   "ops}, ...]}] (sums of Pauli strings)"),
+        "q": (list, None, "wave vectors of szz_q, e.g. [[3.14159, 0.0]]"),
         "subsystems": (list, None, "site sets for entropy/renyi2/rdm_min_eig (default: (i, i+1))"),
         "kick": (str, None, "Pauli string O: adds <{O(0),Q(t)}> and i<[O(0),Q(t)]> outputs"),
     },
@@ -91,8 +137,14 @@ SCHEMA = {
     },
 }
 
+_LATTICE_KEYS = {"lattice", "size", "spacing", "positions", "filling", "box", "blockade_radius",
+                 "positions_file", "sublattice", "interaction", "alpha", "cutoff", "axis", "anisotropy", "J"}
 _MODEL_KEYS = {"tfim": {"J", "hx", "hz"}, "ising_chaotic": {"J", "hx", "hz"},
-               "heisenberg": {"J", "hz"}, "xy": {"J"}, "custom": {"terms"}}
+               "heisenberg": {"J", "hz"}, "xy": {"J"}, "custom": {"terms"},
+               "couplings": {"file", "terms", "coupling_f"},
+               "lattice": _LATTICE_KEYS | {"terms", "coupling_f"}}
+# keys whose schema default is not None: only "given" when they differ from the default
+_MODEL_DEFAULTED = {"spacing", "positions", "interaction", "coupling_f"}
 
 
 class ConfigError(ValueError):
@@ -115,6 +167,8 @@ def _check_type(where, value, typ):
         return value if isinstance(value, str) else _type_error(where, value, "a string")
     if typ is list:
         return value if isinstance(value, list) else _type_error(where, value, "a list")
+    if typ is dict:
+        return value if isinstance(value, dict) else _type_error(where, value, "a table")
     raise AssertionError(typ)
 
 
@@ -162,15 +216,45 @@ def _semantic_checks(cfg):
     from .models import MODEL_PARAMS
     if m["kind"] not in MODEL_PARAMS:
         raise ConfigError(f"model.kind: unknown model {m['kind']!r} (known: {sorted(MODEL_PARAMS)})")
-    for k in ("J", "hx", "hz", "terms"):
-        if m[k] is not None and k not in _MODEL_KEYS[m["kind"]]:
+    specific = set().union(*_MODEL_KEYS.values())
+    for k in sorted(specific):
+        given = m[k] is not None and not (k in _MODEL_DEFAULTED and m[k] == SCHEMA["model"][k][1])
+        if given and k not in _MODEL_KEYS[m["kind"]]:
             raise ConfigError(f"model.{k}: not a parameter of model {m['kind']!r}")
     if m["kind"] == "custom" and not m["terms"]:
         raise ConfigError("model.terms: a custom model needs a non-empty list of terms")
-    _positive(cfg, "model", "n_sites")
+    if m["kind"] in ("couplings", "lattice"):
+        if m["kind"] == "couplings" and not m["file"]:
+            raise ConfigError("model.file: a couplings model needs a .npz or .h5 file")
+    elif m["n_sites"] is None:
+        raise ConfigError("model.n_sites: required")
     if m["boundary"] is not None and m["boundary"] not in ("open", "periodic"):
         raise ConfigError(f"model.boundary: expected 'open' or 'periodic', got {m['boundary']!r}")
-    _positive(cfg, "disorder", "realizations")
+    d = cfg["disorder"]
+    if d["first"] < 0:
+        raise ConfigError(f"disorder.first: must be >= 0, got {d['first']}")
+    if d["realizations"] is not None:
+        _positive(cfg, "disorder", "realizations")
+    from . import modelspec
+    modelspec.resolve_model(cfg)      # derives n_sites, realizations; checks randomness
+    _positive(cfg, "model", "n_sites")
+    if meth["first_sample"] < 0:
+        raise ConfigError(f"method.first_sample: must be >= 0, got {meth['first_sample']}")
+    if meth["seed"] < 0:
+        raise ConfigError(f"method.seed: must be >= 0, got {meth['seed']}")
+    if d["seed"] < 0:
+        raise ConfigError(f"disorder.seed: must be >= 0, got {d['seed']}")
+    if meth["precision"] not in ("double", "single"):
+        raise ConfigError(f"method.precision: expected 'double' or 'single', got "
+                          f"{meth['precision']!r}")
+    if meth["clustering"] not in CLUSTERINGS:
+        raise ConfigError(f"method.clustering: expected one of {list(CLUSTERINGS)}, got "
+                          f"{meth['clustering']!r}")
+    if meth["clusters"] is not None and meth["clustering"] != "blocks":
+        raise ConfigError("method.clustering: cannot be combined with explicit method.clusters")
+    if (meth["plaquette"] is not None) != (meth["clustering"] == "plaquettes"):
+        raise ConfigError("method.plaquette: required with (and only with) method.clustering = "
+                          "'plaquettes'")
     if meth["kind"] not in METHODS:
         raise ConfigError(f"method.kind: unknown method {meth['kind']!r} (known: {list(METHODS)})")
     if meth["sampling"] not in ("gaussian", "discrete"):
@@ -186,6 +270,9 @@ def _semantic_checks(cfg):
             raise ConfigError(f"method.{key}: must be >= 1, got {meth[key]}")
     if meth["antithetic"] and meth["samples"] % 2:
         raise ConfigError("method.samples: must be even with method.antithetic = true")
+    if meth["antithetic"] and meth["first_sample"] % 2:
+        raise ConfigError("method.first_sample: must be even with method.antithetic = true "
+                          "(antithetic pairs are (2k, 2k+1))")
     if meth["cluster_size"] > m["n_sites"]:
         raise ConfigError(f"method.cluster_size: {meth['cluster_size']} exceeds model.n_sites "
                           f"= {m['n_sites']}")
@@ -194,6 +281,9 @@ def _semantic_checks(cfg):
         raise ConfigError(f"method.offsets: expected a non-empty list of integers, got {offs!r}")
     if len(set(offs)) != len(offs):
         raise ConfigError(f"method.offsets: duplicate offsets in {offs!r}")
+    if meth["clustering"] in ("strongest_pairs", "greedy") and offs != [0]:
+        raise ConfigError(f"method.offsets: not used by method.clustering = "
+                          f"{meth['clustering']!r}")
     if meth["clusters"] is not None and offs != [0]:
         raise ConfigError("method.offsets: cannot be combined with an explicit method.clusters")
     _positive(cfg, "time", "dt")
@@ -235,7 +325,10 @@ def time_grid(cfg):
 
 
 def parse_override(text):
-    """``section.key=value`` → (section, key, value); value parsed as TOML (fallback: string)."""
+    """``section.key=value`` → (section, key, value); value parsed as TOML (fallback: string).
+
+    ``key`` may be a dotted path into a table, e.g. ``model.params.omega=3.0``.
+    """
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"--set {text!r}: expected section.key=value")
     path, value = text.split("=", 1)
@@ -247,21 +340,56 @@ def parse_override(text):
     return sec, key, val
 
 
-def load(path, overrides=()):
-    """Read a TOML run file, apply ``--set`` overrides, validate; returns the resolved dict."""
+def apply_overrides(raw, overrides):
+    """Apply ``{"section.key[.sub]": value}`` overrides to a raw config dict (in place)."""
+    for path, val in overrides.items():
+        if not isinstance(path, str) or "." not in path:
+            raise ConfigError(f"override {path!r}: expected 'section.key'")
+        sec, *keys = path.split(".")
+        node = raw.setdefault(sec, {})
+        where = sec
+        for k in keys[:-1]:
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: expected a table")
+            node = node.setdefault(k, {})
+            where += "." + k
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: expected a table")
+        node[keys[-1]] = val
+    return raw
+
+
+def read_toml(path):
+    """A run file as a raw dict; relative data-file paths are taken relative to the file."""
+    import os
+    if os.path.isdir(path):
+        raise ConfigError(f"config: {path!r} is a directory, not a TOML file")
     try:
         with open(path, "rb") as fh:
             raw = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config: file {path!r} not found") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (PermissionError, IsADirectoryError) as exc:
+        raise ConfigError(f"config: cannot read {path!r}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config: {path}: invalid TOML: {exc}") from None
+    model = raw.get("model")
+    if isinstance(model, dict):
+        base = os.path.dirname(os.path.abspath(path))
+        for k in ("file", "positions_file"):
+            v = model.get(k)
+            if isinstance(v, str) and v and not os.path.isabs(v) and not os.path.exists(v) \
+                    and os.path.exists(os.path.join(base, v)):
+                model[k] = os.path.join(base, v)
+    return raw
+
+
+def load(path, overrides=()):
+    """Read a TOML run file, apply ``--set`` overrides, validate; returns the resolved dict."""
+    raw = read_toml(path)
     for ov in overrides:
         sec, key, val = parse_override(ov)
-        raw.setdefault(sec, {})
-        if not isinstance(raw[sec], dict):
-            raise ConfigError(f"{sec}: expected a table")
-        raw[sec][key] = val
+        apply_overrides(raw, {f"{sec}.{key}": val})
     return resolve(raw)
 
 

@@ -12,6 +12,10 @@ use quantum typicality: each draw is one exact evolution of |φ> = ⊗_fixed |n_
 a normalized random (complex Gaussian) state of the random sites, E[|g><g|] = I/2^{n_r}, so
 E⟨φ|O(t)|φ⟩ = Tr ρ O(t) and a single draw deviates only by O(2^{−n_r/2}) (15 bath spins:
 ~0.006).  The result carries the standard error over draws.
+
+Static Ising models (only Z and ZZ terms, any geometry) from product states, pure or mixed, are
+solved in closed form at any N by :mod:`ctwa_hpc.exact_ising`; :func:`evolve` dispatches there
+automatically and :func:`available` tells whether any exact reference exists for a model.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import scipy.sparse as sp
 from scipy.integrate import solve_ivp
 from scipy.sparse.linalg import expm_multiply
 
+from . import exact_ising
 from .pauli import popcount, string_action
 from .states import product_vector
 
@@ -163,11 +168,72 @@ def evolve_pure(hamiltonian, theta, phi, times, columns, vector=None):
     return res
 
 
-def evolve(hamiltonian, state, times, columns, seed=0, realization=0, draws=1):
+EVOLVE_METHODS = ("auto", "ed", "ising")
+
+
+def _ising_reason(hamiltonian, state, columns):
+    """(IsingModel, "") when the closed form applies to (H, state, columns), else (None, why)."""
+    if state.n_sites != hamiltonian.n_sites:
+        raise ValueError(f"state: the state has {state.n_sites} sites but the model has "
+                         f"{hamiltonian.n_sites}")
+    model, why = exact_ising.detect(hamiltonian)
+    if model is None:
+        return None, f"the model is not an Ising model ({why})"
+    for col in columns or ():
+        for _, ops in col:
+            nflip = sum(lab in ("X", "Y") for _, lab in ops)
+            if nflip > exact_ising.MAX_FLIP_SITES:
+                text = " ".join(f"{lab}{s}" for s, lab in ops)
+                return None, (f"the observable {text!r} has {nflip} X/Y factors (closed form: "
+                              f"at most {exact_ising.MAX_FLIP_SITES})")
+    return model, ""
+
+
+def available(hamiltonian, state, columns=None, kick=None):
+    """Whether an exact reference exists: ``(True, how)`` or ``(False, reason)``.
+
+    True for N ≤ :data:`MAX_SITES` (exact diagonalization; mixed states by typicality), and for
+    a static Ising model (Z and ZZ terms only) from any product state at any N (closed form,
+    :mod:`ctwa_hpc.exact_ising`).  ``columns`` (optional, observable columns) are checked
+    against the closed form's limit on X/Y factors per string; with a two-time ``kick``
+    (:func:`two_time`, exact diagonalization only) N must be ≤ :data:`MAX_SITES`.
+    """
+    n = hamiltonian.n_sites
+    model, why = _ising_reason(hamiltonian, state, columns)
+    if kick is not None and n > MAX_SITES:
+        return False, (f"no exact reference: N = {n} > {MAX_SITES} and two-time correlators "
+                       "(observables.kick) need exact diagonalization")
+    if model is not None:
+        return True, f"closed-form Ising solution (N = {n})"
+    if n <= MAX_SITES:
+        return True, f"exact diagonalization (N = {n} <= {MAX_SITES})"
+    return False, _no_reference(n, why)
+
+
+def _no_reference(n, why):
+    return f"no exact reference: N = {n} > {MAX_SITES} and {why}"
+
+
+def evolve(hamiltonian, state, times, columns, seed=0, realization=0, draws=1, method="auto"):
     """Exact dynamics for a pure or mixed (random-site) product state.
 
-    Returns (mean (n_t, K), stderr (n_t, K) or None for a pure state).
+    ``method``: ``"auto"`` (closed form for static Ising models at any N, else exact
+    diagonalization for N ≤ :data:`MAX_SITES`), ``"ed"`` or ``"ising"`` to force one.
+    Returns (mean (n_t, K), stderr (n_t, K) or None for a pure state); the closed form is
+    exact also for mixed states, whose stderr is then zero.
     """
+    if method not in EVOLVE_METHODS:
+        raise ValueError(f"exact.method: expected one of {list(EVOLVE_METHODS)}, got {method!r}")
+    if method != "ed":
+        model, why = _ising_reason(hamiltonian, state, columns)
+        if model is not None:
+            mean = exact_ising.evolve(model, state.theta, state.phi, times, columns,
+                                      random=state.random)
+            return mean, (None if state.is_pure else np.zeros_like(mean))
+        if method == "ising":
+            raise ValueError(f"exact.method: the closed form does not apply: {why}")
+        if hamiltonian.n_sites > MAX_SITES:
+            raise ValueError("model.n_sites: " + _no_reference(hamiltonian.n_sites, why))
     if state.is_pure:
         return evolve_pure(hamiltonian, state.theta, state.phi, times, columns), None
     from .sampling import sample_generator
@@ -180,8 +246,8 @@ def evolve(hamiltonian, state, times, columns, seed=0, realization=0, draws=1):
     return vals.mean(axis=0), err
 
 
-__all__ = ["Basis", "choose_basis", "evolve", "evolve_pure", "hamiltonian_matrices",
-           "popcount", "MAX_SITES"]
+__all__ = ["Basis", "available", "choose_basis", "evolve", "evolve_pure",
+           "hamiltonian_matrices", "popcount", "EVOLVE_METHODS", "MAX_SITES"]
 
 
 def typical_vector(state, rng):

@@ -376,30 +376,3 @@ def make(names, outdir="figures", force=False, comm=None, fmt="png", quiet=True)
         for k, v in stats.items():
             print(f"    {k}: {v}")
     return summary
-
-
-def plot_file(path, obs, out, index=0):
-    """Plot one observable of any output file (mean ± stderr, exact if stored)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from . import io
-    d = io.load(path)
-    if obs not in d["observables"]:
-        raise ValueError(f"plot: {path} has no observable {obs!r} "
-                         f"(has: {sorted(d['observables'])})")
-    m, se = _series(d, obs, index)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(d["time"], m, label=f"{d['attrs']['method']}")
-    if se is not None:
-        ax.fill_between(d["time"], m - se, m + se, alpha=0.3)
-    if obs in d.get("exact", {}):
-        e = d["exact"][obs]["mean"].reshape(len(d["time"]), -1)[:, index]
-        ax.plot(d["time"], e, "k-", lw=1, label="exact")
-    ax.set_xlabel("t")
-    ax.set_ylabel(f"{obs}[{index}]")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out

@@ -1,30 +1,9 @@
 """HDF5 output: the only module that imports h5py.
 
-Layout (self-describing; README.md documents it):
-
-=====================================  =======================================================
-``/time``                              output times (n_t,), an HDF5 dimension scale
-``/observables/<name>/mean``           disorder- and sample-averaged value (n_t, ...)
-``/observables/<name>/stderr``         its standard error (CTWA only; absent for exact)
-``/observables/<name>/stderr_within``  within-realization part of the error (CTWA)
-``/observables/<name>/stderr_disorder``  exact runs with several realizations: spread of the
-                                       realization values / √R
-``/realizations/<name>/mean``          per-realization values (n_real, n_t, ...)
-``/realizations/<name>/stderr``        per-realization standard errors (CTWA)
-``/moments/{count,s1,s2,sx}``          raw sums over samples, all ranks reduced (mergeable
-                                       across jobs): count (n_real,), s1/s2 (n_real, n_t, K),
-                                       sx (n_real, n_t, P)
-``/moments/cross``                     column pairs (P, 2) of ``sx``
-``/partial/{count,s1,s2,sx}``          the same sums as held by each rank before the reduction,
-                                       with a leading rank axis (mpi_size, ...); the rows sum
-                                       to ``/moments`` (CTWA only)
-``/exact/<name>/mean``                 the exact reference, when ``output.compare_exact``
-root attributes                        config_toml, config_hash, ctwa_hpc_version,
-                                       git_revision, method, mpi_size, mpi_library, writer,
-                                       seed, disorder_seed, n_realizations, n_samples,
-                                       wall_time_s, created, hostname, backend, conventions,
-                                       finished_run
-=====================================  =======================================================
+:mod:`ctwa_hpc.layout` decides what goes where (groups, datasets, dimension scales, coordinate
+variables, attributes: a netCDF-4 compatible layout documented in README.md, section "Output
+(HDF5, netCDF-4 compatible)"); this module writes that plan with h5py, reads files back
+(:func:`load`, :func:`to_xarray`) and describes them (``ctwa-hpc info``).
 
 Writers.  With several ranks and an h5py built against parallel HDF5 the file is opened by
 all ranks with ``driver='mpio'``: rank 0 builds the list of groups/datasets/attributes and
@@ -37,14 +16,14 @@ provenance.  Files are written to ``<path>.tmp.<pid>`` and renamed by rank 0 aft
 """
 from __future__ import annotations
 
-import datetime
 import os
-import socket
-import subprocess
+import sys
 
 import numpy as np
 
-from . import __version__, config as config_mod, parallel
+from . import layout, parallel
+from .layout import (STDERR, TIME_ATTRS, build_plan, column_labels, component_axes,  # noqa: F401
+                     git_revision, realization_index)
 
 PARTIAL_KEYS = ("count", "s1", "s2", "sx")
 
@@ -62,22 +41,6 @@ def writer_kind(comm):
     return "gather"
 
 
-def git_revision():
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-        rev = out.stdout.strip()
-        if out.returncode == 0 and rev:
-            dirty = subprocess.run(["git", "-C", here, "status", "--porcelain",
-                                    "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
-            return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return "unknown"
-
-
 def check_writable(path, force):
     """Refuse to overwrite ``path`` unless ``force`` (call on rank 0 before any work)."""
     if os.path.exists(path) and not force:
@@ -87,93 +50,9 @@ def check_writable(path, force):
         raise FileNotFoundError(f"output.path: directory {d} does not exist")
 
 
-def _attrs(result, writer):
-    from .checkpoint import config_hash
-    cfg = result.cfg
-    return {
-        "config_toml": config_mod.dumps(cfg),
-        "config_hash": config_hash(cfg),
-        "ctwa_hpc_version": __version__,
-        "git_revision": git_revision(),
-        "method": result.method,
-        "mpi_size": int(result.mpi_size),
-        "mpi_library": parallel.library_version(),
-        "writer": writer,
-        "seed": int(cfg["method"]["seed"]),
-        "disorder_seed": int(cfg["disorder"]["seed"]),
-        "n_realizations": int(cfg["disorder"]["realizations"]),
-        "n_samples": int(result.n_samples),
-        "wall_time_s": float(result.wall_time),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "hostname": socket.gethostname(),
-        "backend": result.backend,
-        "conventions": "Pauli matrices sigma (not S = sigma/2), hbar = 1; site 0 is bit 0",
-        "finished_run": True,
-    }
-
-
-# -- the plan: every group/dataset/attribute of the file, built on rank 0 ---------------------
-class _Plan:
-    """Ordered structure operations (identical on all ranks) plus rank 0's data."""
-
-    def __init__(self):
-        self.ops, self.data = [], {}
-
-    def group(self, path, attrs=None):
-        self.ops.append(("group", path, attrs or {}))
-
-    def dataset(self, path, value, attrs=None, scale=None, attach=()):
-        value = np.asarray(value)
-        self.ops.append(("dataset", path, value.shape, value.dtype.str, attrs or {}, scale,
-                         tuple(attach)))
-        self.data[path] = value
-
-    def empty(self, path, shape, dtype="<f8", attrs=None):
-        self.ops.append(("dataset", path, tuple(shape), dtype, attrs or {}, None, ()))
-
-
-def _outputs(plan, root, outputs, per_real=None):
-    plan.group(root)
-    if per_real is not None:
-        plan.group(per_real)
-    for name, o in outputs.items():
-        attrs = {"description": o["description"], "kind": o["kind"]}
-        if o["labels"]:
-            attrs["labels"] = np.array(o["labels"], dtype="S")
-        plan.group(f"{root}/{name}", attrs)
-        for key in ("mean", "stderr", "stderr_within", "stderr_disorder"):
-            if o.get(key) is not None:
-                plan.dataset(f"{root}/{name}/{key}", o[key], attach=((0, "/time"),))
-        if per_real is not None:
-            plan.group(f"{per_real}/{name}", attrs)
-            plan.dataset(f"{per_real}/{name}/mean", o["real_mean"], attach=((1, "/time"),))
-            if o.get("real_stderr") is not None:
-                plan.dataset(f"{per_real}/{name}/stderr", o["real_stderr"],
-                             attach=((1, "/time"),))
-
-
-def build_plan(result, writer, mpi_size):
-    plan = _Plan()
-    plan.ops.append(("attrs", "/", _attrs(result, writer)))
-    plan.dataset("/time", result.times, attrs={"units": "1/J (hbar = 1)"}, scale="time")
-    _outputs(plan, "/observables", result.outputs, "/realizations")
-    if result.moments is not None:
-        plan.group("/moments", {"description": "sums over samples (antithetic: over pairs)"})
-        for k, v in result.moments.arrays().items():
-            plan.dataset(f"/moments/{k}", v)
-        plan.dataset("/moments/cross", np.asarray(result.moments.cross, dtype=np.int64))
-    if result.moments is not None and result.cfg["output"].get("write_partial", True):
-        plan.group("/partial", {"description": "row k: the sums held by rank k before the "
-                                "reduction; rows sum to /moments"})
-        for k, v in result.moments.arrays().items():
-            plan.empty(f"/partial/{k}", (mpi_size,) + np.shape(v))
-    if result.exact is not None:
-        _outputs(plan, "/exact", result.exact)
-    return plan
-
-
 def _create(f, ops):
     """Create every object of the plan (collective under mpio: same calls on all ranks)."""
+    import h5py
     for op in ops:
         kind, path = op[0], op[1]
         if kind == "attrs":
@@ -184,7 +63,9 @@ def _create(f, ops):
             attrs = op[2]
         else:
             _, _, shape, dtype, attrs, scale, attach = op
-            obj = f.create_dataset(path, shape=shape, dtype=np.dtype(dtype))
+            dt = h5py.string_dtype("utf-8", dtype[1]) if isinstance(dtype, tuple) \
+                else np.dtype(dtype)
+            obj = f.create_dataset(path, shape=shape, dtype=dt)
             if scale:
                 obj.make_scale(scale)
             for dim, spath in attach:
@@ -196,7 +77,9 @@ def _create(f, ops):
 def _fill(f, data):
     for path, value in data.items():
         if value.size:
-            f[path][...] = value
+            ds = f[path]
+            # bytes → the dataset's fixed-length UTF-8 type (HDF5 converts no ASCII → UTF-8)
+            ds[...] = value.astype(ds.dtype) if value.dtype.kind == "S" else value
 
 
 def _fill_partial(f, rank, arrays):
@@ -257,38 +140,78 @@ def write_result(path, result, force=False):
     return write_output(path, result, parallel.SerialComm(), partial=result.moments, force=force)
 
 
+# -- reading ----------------------------------------------------------------------------------
 def _decode(v):
     if isinstance(v, bytes):
         return v.decode()
-    if isinstance(v, np.ndarray) and v.dtype.kind == "S":
-        return [x.decode() for x in v.tolist()]
+    if isinstance(v, np.ndarray) and v.dtype.kind in "SO":
+        return [x.decode() if isinstance(x, bytes) else x for x in v.tolist()]
     return v
+
+
+def _data_items(g):
+    """{name: array} of a group's data variables (no dimension scales or coordinates)."""
+    import h5py
+    dsets = {k: d for k, d in g.items() if isinstance(d, h5py.Dataset)}
+    aux = set()
+    for d in dsets.values():
+        aux.update(str(_decode(d.attrs.get("coordinates", ""))).split())
+    return {k: d[...] for k, d in dsets.items() if not d.is_scale and k not in aux}
 
 
 def load(path):
     """Read an output file into plain dicts.
 
     Keys: time, observables, realizations, exact ({name: {dataset: array}}), moments and
-    partial ({key: array}, CTWA only), attrs (root attributes), group_attrs ({"observables/sz":
-    {...}}), config (the resolved config parsed from ``config_toml``).
+    partial ({key: array}, CTWA only), disorder ({name: array}), realization_index (global
+    realization numbers), attrs (root attributes), group_attrs ({"observables/sz": {...}},
+    with ``labels`` from the label coordinate), config (the config parsed from
+    ``config_toml``).  Coordinate variables are not returned as data.
     """
     import tomllib
 
     import h5py
-    out = {"observables": {}, "realizations": {}, "exact": {}, "group_attrs": {}}
+    out = {"observables": {}, "realizations": {}, "exact": {}, "group_attrs": {}, "disorder": {}}
     with h5py.File(path, "r") as f:
         out["attrs"] = {k: _decode(v) for k, v in f.attrs.items()}
         out["time"] = f["time"][...]
         for grp in ("observables", "realizations", "exact"):
             if grp in f:
                 for name, g in f[grp].items():
-                    out[grp][name] = {k: d[...] for k, d in g.items()}
-                    out["group_attrs"][f"{grp}/{name}"] = {k: _decode(v)
-                                                           for k, v in g.attrs.items()}
-        for grp in ("moments", "partial"):
+                    out[grp][name] = _data_items(g)
+                    ga = {k: _decode(v) for k, v in g.attrs.items()}
+                    if "label" in g:
+                        ga["labels"] = _decode(g["label"][...])
+                    out["group_attrs"][f"{grp}/{name}"] = ga
+                    if "realization" in g and "realization_index" not in out:
+                        out["realization_index"] = g["realization"][...]
+        for grp in ("moments", "partial", "disorder"):
             if grp in f:
-                out[grp] = {k: d[...] for k, d in f[grp].items()}
+                out[grp] = _data_items(f[grp])
     out["config"] = tomllib.loads(out["attrs"]["config_toml"])
+    if "realization_index" not in out:
+        d = out["config"].get("disorder", {})
+        out["realization_index"] = d.get("first", 0) + np.arange(d.get("realizations", 1))
+    return out
+
+
+def read_disorder(path):
+    """The ``/disorder`` group as RunResult.extra["disorder"] (positions, fields, couplings,
+    cluster_of_site, realization_index, other arrays); {} when absent."""
+    import h5py
+    with h5py.File(path, "r") as f:
+        if "disorder" not in f:
+            return {}
+        g = f["disorder"]
+        data = _data_items(g)
+        out = {"realization_index": g["realization"][...]}
+    for k, v in data.items():
+        for prefix, key in (("field_", "fields"), ("coupling_", "couplings")):
+            if k.startswith(prefix):
+                out.setdefault(key, {})[k[len(prefix):]] = v
+                break
+        else:
+            out[k] = v
     return out
 
 
@@ -310,3 +233,120 @@ def stored_config_hash(path):
             return _decode(f.attrs.get("config_hash"))
     except OSError:
         return None
+
+
+def check_readable(path, what="info"):
+    """Raise ValueError('<what>: ...') unless ``path`` is an existing HDF5 file."""
+    import h5py
+    if not os.path.exists(path):
+        raise ValueError(f"{what}: {path}: no such file")
+    if os.path.isdir(path):
+        raise ValueError(f"{what}: {path} is a directory, not an output file")
+    try:
+        ok = h5py.is_hdf5(path)
+    except OSError as exc:
+        raise ValueError(f"{what}: {path}: cannot read ({exc})") from None
+    if not ok:
+        raise ValueError(f"{what}: {path} is not an HDF5 file")
+
+
+def describe(path):
+    """The text of ``ctwa-hpc info``: layout (shapes, dims), config, provenance."""
+    import h5py
+    check_readable(path)
+    lines = [f"{path}", "", "layout (dataset (dim: size, ...) dtype; [c] = coordinate):"]
+    with h5py.File(path, "r") as f:
+        attrs = {k: _decode(v) for k, v in f.attrs.items()}
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Group):
+                desc = _decode(obj.attrs.get("description", ""))
+                lines.append(f"  /{name}/" + (f"    {desc}" if desc else ""))
+                return
+            dims = []
+            for ax, dim in enumerate(obj.dims):
+                label = dim.label or (dim[len(dim) - 1].name.rsplit("/", 1)[-1] if len(dim)
+                                      else "?")
+                dims.append(f"{label}: {obj.shape[ax]}")
+            if obj.is_scale:
+                dims = [f"{name.rsplit('/', 1)[-1]}: {obj.shape[0]}"]
+            dt = "str" if obj.dtype.kind == "S" else str(obj.dtype)
+            units = _decode(obj.attrs.get("units", ""))
+            mark = " [c]" if obj.is_scale else ""
+            lines.append(f"  /{name:<40s} ({', '.join(dims)}) {dt}{mark}"
+                         + (f"  units: {units}" if units else ""))
+        f.visititems(visit)
+    lines += ["", "config:"]
+    lines += ["  " + x for x in str(attrs.get("config_toml", "(none: not a ctwa-hpc output)"))
+              .strip().splitlines()]
+    lines += ["", "provenance:"]
+    for k, v in attrs.items():
+        if k != "config_toml":
+            lines.append(f"  {k} = {v}")
+    return "\n".join(lines)
+
+
+def info_command(args, summary=None):
+    """``ctwa-hpc info OUT.h5``; exit code 2 with a message for a missing or non-HDF5 file."""
+    try:
+        text = describe(args.path)
+        data = None
+        if summary is not None and "config_toml" in text_attrs(args.path):
+            data = load(args.path)
+    except (ValueError, OSError, KeyError) as exc:
+        msg = str(exc) if isinstance(exc, ValueError) else f"info: {args.path}: {exc}"
+        print(f"ctwa-hpc: error: {msg}", file=sys.stderr)
+        return 2
+    print(text)
+    if data is not None:
+        print("\nsummary:")
+        summary(data)
+    return 0
+
+
+def text_attrs(path):
+    """Root attribute names of an HDF5 file."""
+    import h5py
+    with h5py.File(path, "r") as f:
+        return set(f.attrs)
+
+
+def to_xarray(path):
+    """An output file as one :class:`xarray.Dataset`.
+
+    Variables ``<name>_mean``, ``<name>_stderr`` (for exact runs the disorder spread, or
+    zeros), ``<name>_stderr_within`` (CTWA), ``<name>_realization_mean`` /
+    ``<name>_realization_stderr`` (realization, time, ...), and ``<name>_exact`` /
+    ``<name>_exact_stderr`` when the file holds an exact reference.  Coordinates: ``time``,
+    ``realization`` (global indices), ``site`` (shared by the per-site outputs) and, for other
+    component axes, ``<name>_<dim>`` with ``<name>_label`` / ``<name>_sites``.  Root
+    attributes (config_toml, provenance) become ``attrs``.  Per-group datasets straight from
+    the file: ``xarray.open_dataset(path, engine="h5netcdf", group="observables/<name>")``.
+    """
+    data = load(path)
+    outs, exact = layout.outputs_from_load(data)
+    return layout.to_dataset(data["time"], outs, exact, data["attrs"], data["realization_index"])
+
+
+def result_to_xarray(result):
+    """A RunResult as the :func:`to_xarray` Dataset (the same variables and coordinates)."""
+    attrs = {"method": result.method, "n_samples": int(result.n_samples),
+             "n_realizations": int(result.cfg["disorder"]["realizations"]),
+             "config_toml": layout.config_mod.dumps(result.cfg),
+             "ctwa_hpc_version": layout.__version__,
+             "backend": result.backend, "mpi_size": int(result.mpi_size),
+             "wall_time_s": float(result.wall_time)}
+    return layout.to_dataset(result.times, result.outputs, result.exact, attrs,
+                             realization_index(result))
+
+
+def read_arrays(path):
+    """{name: ndarray} of the top-level datasets of an HDF5 file (groups are skipped); used by
+    :func:`ctwa_hpc.couplings.load_couplings` for ``.h5`` couplings files."""
+    import h5py
+    out = {}
+    with h5py.File(path, "r") as f:
+        for name, obj in f.items():
+            if isinstance(obj, h5py.Dataset):
+                out[name] = np.asarray(obj[()])
+    return out

@@ -25,9 +25,11 @@ MODEL_PARAMS = {
     "heisenberg": {"J": 1.0, "hz": 0.0},
     "xy": {"J": 1.0},
     "custom": {},
+    "couplings": {},
+    "lattice": {},
 }
 DEFAULT_BOUNDARY = {"tfim": "open", "ising_chaotic": "periodic", "heisenberg": "periodic",
-                    "xy": "periodic", "custom": "open"}
+                    "xy": "periodic", "custom": "open", "couplings": "open", "lattice": "open"}
 
 
 def bonds(n_sites, boundary):
@@ -97,11 +99,12 @@ def xy(n_sites=64, J=1.0, boundary="periodic"):
     return h
 
 
-def custom(n_sites, terms, where="model.terms"):
-    """Hamiltonian from a list of ``{coef, ops, f}`` tables (``f`` optional)."""
+def add_terms(h, terms, params=None, where="model.terms"):
+    """Append ``{coef, ops, f}`` tables to ``h``; ``f`` may use the names in ``params``."""
+    from .hamiltonian import TimeFunction
     if not isinstance(terms, list) or not terms:
         raise ValueError(f"{where}: expected a non-empty list of {{coef, ops}} tables")
-    h = Hamiltonian(n_sites, name="custom")
+    shared = {}
     for k, t in enumerate(terms):
         w = f"{where}[{k}]"
         if not isinstance(t, dict):
@@ -111,12 +114,28 @@ def custom(n_sites, terms, where="model.terms"):
             raise ValueError(f"{w}: unknown key(s) {sorted(unknown)}")
         if "coef" not in t or "ops" not in t:
             raise ValueError(f"{w}: needs both 'coef' and 'ops'")
-        h.add(t["coef"], t["ops"], t.get("f"), where=w)
+        f = t.get("f")
+        if f is not None:
+            if not isinstance(f, str):
+                raise ValueError(f"{w}.f: expected an expression in t, got {f!r}")
+            if f not in shared:     # one TimeFunction per distinct expression (one family)
+                shared[f] = TimeFunction(f, w + ".f", **({"params": params} if params else {}))
+            f = shared[f]
+        h.add(t["coef"], t["ops"], f, where=w)
     return h
 
 
-def build(kind, n_sites, params, boundary=None, disorder_seed=0, realization=0, terms=None):
-    """Build a model by name with validated parameters (used by the config loader)."""
+def custom(n_sites, terms, where="model.terms", params=None):
+    """Hamiltonian from a list of ``{coef, ops, f}`` tables (``f`` optional)."""
+    return add_terms(Hamiltonian(n_sites, name="custom"), terms, params, where)
+
+
+def build(kind, n_sites, params, boundary=None, disorder_seed=0, realization=0, terms=None,
+          tparams=None):
+    """Build a chain model by name with validated parameters (used by the config loader).
+
+    ``tparams`` are the named parameters of the custom terms' time functions.
+    """
     if kind not in MODEL_PARAMS:
         raise ValueError(f"model.kind: unknown model {kind!r} (known: {sorted(MODEL_PARAMS)})")
     boundary = boundary or DEFAULT_BOUNDARY[kind]
@@ -131,4 +150,4 @@ def build(kind, n_sites, params, boundary=None, disorder_seed=0, realization=0, 
                           realization=realization, **p)
     if kind == "xy":
         return xy(n_sites, boundary=boundary, **p)
-    return custom(n_sites, terms)
+    return custom(n_sites, terms, params=tparams)

@@ -8,11 +8,23 @@ ordering issue arises; eqs. (7), (11), (33), (38), (48)):
 
 .. math::  (P)_W = \prod_c (P|_c)_W, \qquad (O_c)_W = \sum_r w_r\, ψ_r^† O_c ψ_r .
 
-Named observables (``observables.names`` in a run file):
+Named observables (``observables.names`` in a run file); s_i is the staggered sign of site i
+(``signs``, default (−1)^i, site 0 counts +; on a lattice the runner passes the bipartition):
 
 ==================  ===================================================================
 ``sz``, ``sx``, ``sy``  ⟨σ^a_i⟩ for every site, shape (N,)
-``mz_staggered``    (1/N) Σ_i (−1)^i ⟨σ^z_i⟩ (site 0 counts +), eq. (42) normalized
+``mz_staggered``    (1/N) Σ_i s_i ⟨σ^z_i⟩, eq. (42) normalized
+``sx_total`` …      ``sx_total``, ``sy_total``, ``sz_total``: Σ_i ⟨σ^a_i⟩, one column each
+``sx_staggered`` …  ``sx_staggered``, ``sy_staggered``, ``sz_staggered``: (1/N) Σ_i s_i ⟨σ^a_i⟩
+                    (``sz_staggered`` is ``mz_staggered`` under a uniform name)
+``szz_q``           S^{zz}(q) = (1/N) Σ_{i,j} cos(q·(r_i − r_j)) ⟨σ^z_i σ^z_j⟩ for every q in
+                    ``qs`` (positions r_i, default r_i = i); the i = j terms give 1 each, so
+                    one column 1 + (2/N) Σ_{i<j} cos(q·r_ij) Z_i Z_j per q, shape (n_q,)
+``squeezing``       Wineland parameter ξ² = N min_{n⊥⟨S⟩} Var(n·S) / |⟨S⟩|², S = Σ_i σ_i/2
+                    (ξ² = 1 for a coherent spin state, < 1 squeezed); delta-method stderr
+``renyi2_pairs``    −log2 Tr ρ_ij² averaged over all N(N−1)/2 pairs i < j, with
+                    Tr ρ_ij² = (1 + Σ_P ⟨P⟩²)/4 (PRB 110, 054204; Monte Carlo: ⟨P⟩² → its
+                    unbiased estimate); stderr: an upper bound (:mod:`ctwa_hpc.stats`)
 ``czz``             ⟨σ^z_i σ^z_j⟩ for the configured site pairs, shape (n_pairs,)
 ``czz_connected``   ⟨σ^z_i σ^z_j⟩ − ⟨σ^z_i⟩⟨σ^z_j⟩, eqs. (46)–(48); standard error by the
                     delta method from the cross moments of the three columns
@@ -21,8 +33,14 @@ Named observables (``observables.names`` in a run file):
 ``entropy``         von Neumann entropy (bits, eq. (45)) of the reduced density matrix of each
                     subsystem in ``observables.subsystems``; ``renyi2`` = −log2 Tr ρ_A²;
                     ``rdm_min_eig`` = smallest eigenvalue of the estimated ρ_A
-custom strings      ``{name = "x0x1", ops = "X0 X1"}``: ⟨P⟩ for any Pauli string
+custom strings      ``{name = "x0x1", ops = "X0 X1"}``: ⟨P⟩ for any Pauli string, or a sum
+                    ``{name = "j56", terms = [{coef = 1.0, ops = "X5 Y6"}, {coef = -1.0,
+                    ops = "Y5 X6"}]}``: Σ coef·⟨P⟩ as one column (its stderr includes all
+                    correlations between the terms); ``ops = "I0"`` in a term is a constant
 ==================  ===================================================================
+
+Columns may contain the identity string ``()`` (a constant: its Weyl symbol is exactly 1).
+Sums over all pairs (``szz_q``, ``squeezing``) have O(N²) terms per column.
 """
 from __future__ import annotations
 
@@ -33,7 +51,8 @@ import numpy as np
 from .clusters import EntryTable
 
 NAMES = ("sz", "sx", "sy", "mz_staggered", "czz", "czz_connected", "czz_map", "energy",
-         "entropy", "renyi2", "rdm_min_eig")
+         "entropy", "renyi2", "rdm_min_eig", "sx_total", "sy_total", "sz_total", "sx_staggered",
+         "sy_staggered", "sz_staggered", "szz_q", "squeezing", "renyi2_pairs")
 RDM_NAMES = ("entropy", "renyi2", "rdm_min_eig")
 MAX_SUBSYSTEM = 4
 
@@ -43,22 +62,33 @@ class Output:
     """How a named observable is formed from columns.
 
     kind ``direct``: value = column means, shape ``shape``; kind ``connected``: value =
-    mean(p) − mean(x)·mean(y) for column triples (p, x, y).
+    mean(p) − mean(x)·mean(y) for column triples (p, x, y); kinds ``entropy``, ``renyi2``,
+    ``rdm_min_eig``: one row of 4**k − 1 Pauli columns per subsystem; ``squeezing``: one row
+    [Σσx, Σσy, Σσz, Gxx, Gyy, Gzz, Gxy, Gxz, Gyz] (G of :meth:`ObservableSet._add_squeezing`),
+    ``params["n_sites"]`` = N; ``renyi2_pairs``: one row of 15 Pauli columns per pair, value =
+    their average (shape (1,)).  Formed by :mod:`ctwa_hpc.stats`.
     """
 
     name: str
     kind: str
-    cols: np.ndarray  # direct: (n,), connected: (n, 3)
+    cols: np.ndarray  # direct: (n,), connected: (n, 3), rdm kinds: (n, 4**k - 1), ...
     description: str = ""
     labels: list = field(default_factory=list)
+    params: dict = field(default_factory=dict)
 
 
 class ObservableSet:
     """The observables of a run, as columns of Pauli-string sums (one source of truth)."""
 
     def __init__(self, n_sites, names=("sz",), pairs=None, custom=(), hamiltonian=None,
-                 subsystems=None, kick=None):
+                 subsystems=None, kick=None, signs=None, positions=None, qs=None):
+        """``signs``: (N,) staggered sign ±1 per site (default (−1)^i); ``positions``: (N, d)
+        site positions for ``szz_q`` (default: the chain r_i = i, d = 1); ``qs``: list of
+        wave vectors, each a list of d floats (a number when d = 1)."""
         self.n_sites = n_sites
+        self.signs = _check_signs(signs, n_sites)
+        self.positions = _check_positions(positions, n_sites)
+        self.qs = _check_qs(qs, self.positions.shape[1])
         self.columns = []          # list of tuples ((coef, ops), ...)
         self._col_index = {}
         self.outputs = {}
@@ -150,9 +180,26 @@ class ObservableSet:
             self.outputs[name] = Output(name, "direct", np.array(cols), f"<sigma^{lab.lower()}_i>",
                                         [f"site {i}" for i in range(n)])
         elif name == "mz_staggered":
-            col = self.column([((-1.0) ** i / n, ((i, "Z"),)) for i in range(n)])
+            col = self.column([(float(self.signs[i]) / n, ((i, "Z"),)) for i in range(n)])
             self.outputs[name] = Output(name, "direct", np.array([col]),
-                                        "(1/N) sum_i (-1)^i <sigma^z_i>, site 0 counts +")
+                                        "(1/N) sum_i s_i <sigma^z_i>, s_i the staggered sign")
+        elif name in ("sx_total", "sy_total", "sz_total"):
+            lab = name[1].upper()
+            col = self.column([(1.0, ((i, lab),)) for i in range(n)])
+            self.outputs[name] = Output(name, "direct", np.array([col]),
+                                        f"sum_i <sigma^{lab.lower()}_i>")
+        elif name in ("sx_staggered", "sy_staggered", "sz_staggered"):
+            lab = name[1].upper()
+            col = self.column([(float(self.signs[i]) / n, ((i, lab),)) for i in range(n)])
+            self.outputs[name] = Output(name, "direct", np.array([col]),
+                                        f"(1/N) sum_i s_i <sigma^{lab.lower()}_i>, s_i the "
+                                        "staggered sign")
+        elif name == "szz_q":
+            self._add_structure_factor()
+        elif name == "squeezing":
+            self._add_squeezing()
+        elif name == "renyi2_pairs":
+            self._add_renyi2_pairs()
         elif name == "czz":
             cols = [self.column([(1.0, ((i, "Z"), (j, "Z")))]) for i, j in self.pairs]
             self.outputs[name] = Output(name, "direct", np.array(cols), "<sigma^z_i sigma^z_j>",
@@ -197,22 +244,127 @@ class ObservableSet:
                              f"(known: {list(NAMES)} or a custom string)")
 
     def _add_custom(self, spec, k):
-        from .pauli import parse_pauli_string
+        """``{name, ops}``: one Pauli string; ``{name, terms = [{coef, ops}, ...]}``: a sum."""
         where = f"observables.custom[{k}]"
-        if not isinstance(spec, dict) or set(spec) - {"name", "ops"} or "name" not in spec \
-                or "ops" not in spec:
-            raise ValueError(f"{where}: expected a table {{name = ..., ops = 'X0 Z1'}}")
-        ops = parse_pauli_string(spec["ops"], where + ".ops")
-        if not ops:
-            raise ValueError(f"{where}.ops: the identity is not an observable")
-        for s, _ in ops:
-            if not 0 <= s < self.n_sites:
-                raise ValueError(f"{where}.ops: site {s} outside 0..{self.n_sites - 1}")
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ValueError(f"{where}: expected a table {{name = ..., ops = 'X0 Z1'}} or "
+                             f"{{name = ..., terms = [{{coef = 1.0, ops = 'X0'}}, ...]}}")
+        for key in spec:
+            if key not in ("name", "ops", "terms"):
+                raise ValueError(f"{where}.{key}: unknown key (known: name, ops, terms)")
+        if ("ops" in spec) == ("terms" in spec):
+            raise ValueError(f"{where}: give exactly one of 'ops' (a Pauli string) and 'terms' "
+                             f"(a list of {{coef, ops}} tables)")
+        if "ops" in spec:
+            ops = self._parse_ops(spec["ops"], where + ".ops")
+            if not ops:
+                raise ValueError(f"{where}.ops: the identity is not an observable")
+            terms, desc = [(1.0, ops)], f"<{spec['ops']}>"
+        else:
+            terms = self._parse_terms(spec["terms"], where + ".terms")
+            desc = "sum coef*<P>: " + " + ".join(
+                f"{c:g}*" + ("[" + " ".join(f"{lab}{i}" for i, lab in ops) + "]" if ops else "1")
+                for c, ops in terms)
+            if len(desc) > 200:
+                desc = desc[:197] + "..."
         name = spec["name"]
         if not isinstance(name, str) or not name.isidentifier() or name in self.outputs:
             raise ValueError(f"{where}.name: {name!r} must be a new identifier")
-        col = self.column([(1.0, ops)])
-        self.outputs[name] = Output(name, "direct", np.array([col]), f"<{spec['ops']}>")
+        self.outputs[name] = Output(name, "direct", np.array([self.column(terms)]), desc)
+
+    def _parse_ops(self, text, where):
+        from .pauli import parse_pauli_string
+        ops = parse_pauli_string(text, where)
+        for s, _ in ops:
+            if not 0 <= s < self.n_sites:
+                raise ValueError(f"{where}: site {s} outside 0..{self.n_sites - 1}")
+        return ops
+
+    def _parse_terms(self, terms, where):
+        """Validated [(coef, ops)] of a sum (equal strings merged, first-appearance order)."""
+        if not isinstance(terms, (list, tuple)) or not terms:
+            raise ValueError(f"{where}: expected a non-empty list of {{coef, ops}} tables")
+        merged = {}
+        for j, t in enumerate(terms):
+            w = f"{where}[{j}]"
+            if not isinstance(t, dict) or "ops" not in t:
+                raise ValueError(f"{w}: expected a table {{coef = 1.0, ops = 'X0'}}, got {t!r}")
+            for key in t:
+                if key not in ("coef", "ops"):
+                    raise ValueError(f"{w}.{key}: unknown key (known: coef, ops)")
+            c = t.get("coef", 1.0)
+            if isinstance(c, bool) or not isinstance(c, (int, float, np.integer, np.floating)) \
+                    or not np.isfinite(c):
+                raise ValueError(f"{w}.coef: expected a finite real number, got {c!r}")
+            ops = self._parse_ops(t["ops"], w + ".ops")
+            merged[ops] = merged.get(ops, 0.0) + float(c)
+        if all(not ops for ops in merged):
+            raise ValueError(f"{where}: only identity terms: a constant is not an observable")
+        return [(c, ops) for ops, c in merged.items()]
+
+    def _add_structure_factor(self):
+        r"""``szz_q``: one column per q, :math:`1 + (2/N)\sum_{i<j}\cos(q·(r_i − r_j)) Z_iZ_j`.
+
+        With periodic boundaries q should be commensurate with the box (then the minimum
+        image does not matter, cos(q·Δr) is periodic)."""
+        if not self.qs:
+            raise ValueError("observables.q: 'szz_q' needs at least one wave vector, e.g. "
+                             "q = [[3.14159]] (a list of d floats per q)")
+        n = self.n_sites
+        iu, ju = np.triu_indices(n, 1)
+        cols, labels = [], []
+        for q in self.qs:
+            phase = (self.positions[iu] - self.positions[ju]) @ q
+            coef = 2.0 * np.cos(phase) / n
+            terms = [(1.0, ())] + [(float(c), ((int(i), "Z"), (int(j), "Z")))
+                                   for c, i, j in zip(coef, iu, ju)]
+            cols.append(self.column(terms))
+            labels.append("q=(" + ", ".join(f"{x:.6g}" for x in q) + ")")
+        self.outputs["szz_q"] = Output(
+            "szz_q", "direct", np.array(cols),
+            "S^zz(q) = (1/N) sum_ij cos(q.(r_i - r_j)) <sigma^z_i sigma^z_j>", labels)
+
+    def _add_squeezing(self):
+        r"""``squeezing``: columns of the first and second moments of Σ = Σ_i σ_i = 2S.
+
+        T_a = Σ_i σ^a_i and the symmetrised G_ab = ⟨{T_a, T_b}⟩/2 = N δ_ab +
+        Σ_{i≠j} σ^a_i σ^b_j (σ^a_iσ^b_i + σ^b_iσ^a_i = 2δ_ab), i.e. G_aa = N + 2Σ_{i<j} σ^a_iσ^a_j
+        and G_ab = Σ_{i<j}(σ^a_iσ^b_j + σ^b_iσ^a_j) for a ≠ b.  ξ² is invariant under S → 2S,
+        so :func:`ctwa_hpc.stats.squeezing_function` uses these directly.  All 36 cross
+        moments of the 9 columns are accumulated (delta-method stderr)."""
+        n = self.n_sites
+        iu, ju = np.triu_indices(n, 1)
+        pairs = list(zip(iu.tolist(), ju.tolist()))
+        row = [self.column([(1.0, ((i, a),)) for i in range(n)]) for a in "XYZ"]
+        for a in "XYZ":
+            row.append(self.column([(float(n), ())] + [(2.0, ((i, a), (j, a))) for i, j in pairs]))
+        for a, b in (("X", "Y"), ("X", "Z"), ("Y", "Z")):
+            terms = []
+            for i, j in pairs:
+                terms += [(1.0, ((i, a), (j, b))), (1.0, ((i, b), (j, a)))]
+            row.append(self.column(terms))
+        for x in range(len(row)):
+            for y in range(x + 1, len(row)):
+                if row[x] != row[y]:
+                    self._cross_pair(row[x], row[y])
+        self.outputs["squeezing"] = Output(
+            "squeezing", "squeezing", np.array([row], dtype=np.int64),
+            "Wineland xi^2 = N min_{n perp <S>} Var(n.S) / |<S>|^2, S = sum_i sigma_i/2 "
+            "(coherent state: 1); stderr by the delta method", params={"n_sites": n})
+
+    def _add_renyi2_pairs(self):
+        """``renyi2_pairs``: 15 Pauli columns per pair i < j (3N + 9·N(N−1)/2 columns, shared
+        single-site columns), no cross moments (the stderr is a bound, see stats)."""
+        n = self.n_sites
+        if n < 2:
+            raise ValueError("observables.names: 'renyi2_pairs' needs at least 2 sites")
+        rows = [self.rdm_columns((i, j))[0] for i in range(n) for j in range(i + 1, n)]
+        self.outputs["renyi2_pairs"] = Output(
+            "renyi2_pairs", "renyi2_pairs", np.array(rows, dtype=np.int64),
+            f"mean over all {n * (n - 1) // 2} pairs of -log2 Tr rho_ij^2, Tr rho^2 = "
+            "(1 + sum_P <P>^2)/4 (Monte Carlo: <P>^2 -> m_P^2 - se_P^2, unbiased); stderr "
+            "within a realization: upper bound sum_k |w_k| se_k on the delta-method error "
+            "(weights w_k, no cross moments); over R >= 2 realizations: their spread")
 
     def _add_two_time(self, kick):
         """Two-time outputs for every direct output Q, with O = ``kick`` at t = 0:
@@ -255,10 +407,14 @@ class ObservableSet:
         """Plain arrays for the kernels: see :class:`ObservablePlan`."""
         ops = EntryTable(partition)
         col_ptr, term_coef, term_ptr, fac = [0], [], [0], []
+        entry = {}                 # (cluster, local string) -> entry: O(N²)-term sums repeat
         for col in self.columns:
             for coef, string in col:
                 for c, bl in partition.split_string(string).items():
-                    fac.append(ops.add_string(c, bl))
+                    e = entry.get((c, bl))
+                    if e is None:
+                        e = entry[(c, bl)] = ops.add_string(c, bl)
+                    fac.append(e)
                 term_coef.append(coef)
                 term_ptr.append(len(fac))
             col_ptr.append(len(term_coef))
@@ -292,3 +448,56 @@ class ObservablePlan:
         out = np.zeros((self.n_columns, E.shape[1]))
         np.add.at(out, np.repeat(np.arange(self.n_columns), np.diff(self.col_ptr)), prod)
         return out
+
+
+def _check_signs(signs, n):
+    """(N,) float array of ±1: the staggered sign per site (default (−1)^i)."""
+    if signs is None:
+        return (-1.0) ** np.arange(n)
+    try:
+        s = np.asarray(signs, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"observables.signs: expected {n} signs ±1, got {signs!r}") from None
+    if s.shape != (n,) or not np.all(np.abs(s) == 1.0):
+        raise ValueError(f"observables.signs: expected {n} signs ±1, got shape {s.shape} "
+                         f"with values {np.unique(s)[:6].tolist()}")
+    return s
+
+
+def _check_positions(positions, n):
+    """(N, d) finite float positions (default: the chain r_i = i, d = 1)."""
+    if positions is None:
+        return np.arange(n, dtype=float)[:, None]
+    try:
+        r = np.asarray(positions, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"observables.positions: expected an ({n}, d) array of floats") from None
+    if r.ndim == 1:
+        r = r[:, None]
+    if r.ndim != 2 or r.shape[0] != n or r.shape[1] < 1 or not np.all(np.isfinite(r)):
+        raise ValueError(f"observables.positions: expected a finite ({n}, d) array, got shape "
+                         f"{r.shape}")
+    return r
+
+
+def _check_qs(qs, d):
+    """List of (d,) float wave vectors; a bare number is a q of a d = 1 geometry."""
+    if qs is None:
+        return []
+    if not isinstance(qs, (list, tuple, np.ndarray)):
+        raise ValueError(f"observables.q: expected a list of wave vectors, got {qs!r}")
+    out = []
+    for k, q in enumerate(qs):
+        where = f"observables.q[{k}]"
+        if isinstance(q, (int, float, np.integer, np.floating)) and not isinstance(q, bool):
+            q = [q]
+        if not isinstance(q, (list, tuple, np.ndarray)) or any(
+                isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating))
+                for x in q):
+            raise ValueError(f"{where}: expected a list of {d} numbers, got {q!r}")
+        v = np.asarray(q, dtype=float)
+        if v.shape != (d,) or not np.all(np.isfinite(v)):
+            raise ValueError(f"{where}: expected {d} finite numbers (the dimension of the site "
+                             f"positions), got {q!r}")
+        out.append(v)
+    return out

@@ -126,10 +126,33 @@ def dense_string(bit_labels, n_bits):
     return mat
 
 
+_SQRT_HALF = np.sqrt(0.5)
+# cos and sin of k·π/4, k = 0..7 (exact where the value is 0 or ±1)
+_COS_QUARTER = np.array([1.0, _SQRT_HALF, 0.0, -_SQRT_HALF, -1.0, -_SQRT_HALF, 0.0, _SQRT_HALF])
+_SIN_QUARTER = np.roll(_COS_QUARTER, 2)
+
+
+def _snapped_cos_sin(angle):
+    """cos and sin of ``angle``, exact when it is a multiple of π/4 (to 1e-12 relative).
+
+    Floating-point π is not π: cos(π/2) = 6e-17 would leave a tiny up component in a down
+    spin, and mean field drifts off such unstable stationary states (a Néel state decays)."""
+    q = angle / (np.pi / 4.0)
+    k = np.rint(q)
+    if abs(q - k) <= 1e-12 * max(1.0, abs(q)):
+        i = int(k) % 8
+        return _COS_QUARTER[i], _SIN_QUARTER[i]
+    return np.cos(angle), np.sin(angle)
+
+
 def single_site_unitary(theta, phi):
-    """SU(2) rotation u with ``u|↑> = cos(θ/2)|↑> + e^{iφ} sin(θ/2)|↓>`` (Bloch angles θ, φ)."""
-    c, s = np.cos(theta / 2.0), np.sin(theta / 2.0)
-    e = np.exp(1j * phi)
+    """SU(2) rotation u with ``u|↑> = cos(θ/2)|↑> + e^{iφ} sin(θ/2)|↓>`` (Bloch angles θ, φ).
+
+    θ/2 and φ that are multiples of π/4 (θ = 0, π/2, π, ...; φ = 0, π/2, π, ...) give exact
+    matrix entries, e.g. ``u(π, 0)|↑> = |↓>`` with no 6e-17 remainder of |↑>."""
+    c, s = _snapped_cos_sin(float(theta) / 2.0)
+    ce, se = _snapped_cos_sin(float(phi))
+    e = complex(ce, se)
     return np.array([[c, -np.conj(e) * s], [e * s, c]], dtype=complex)
 
 

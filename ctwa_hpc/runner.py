@@ -3,7 +3,8 @@
 :class:`Simulation` reads like the method section of the paper:
 
 1. ``build_model(r)``: the Hamiltonian of disorder realization r (eq. (1) builders);
-2. ``partitions()``: one cluster partition per configured offset (sec. II A, step 1);
+2. ``partitions(r)``: the cluster partitions of realization r, one per configured offset
+   (sec. II A, step 1; ``method.clustering`` may choose them from the couplings of r);
 3. ``plan_work()``: the (realization, offset, sample block) work items in one fixed global
    order; every rank takes a balanced contiguous block of the items still to do
    (:func:`~ctwa_hpc.parallel.split_list`);
@@ -31,7 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import checkpoint as ckpt_mod
-from . import clusters, config as config_mod, models, observables, parallel, sampling, states, stats
+from . import clusters, config as config_mod, conservation, modelspec, observables, parallel
+from . import sampling, states, stats
 
 log = logging.getLogger("ctwa_hpc")
 
@@ -73,40 +75,76 @@ class Simulation:
         m = cfg["model"]
         self.n_sites = m["n_sites"]
         self.method = cfg["method"]["kind"]
-        s = cfg["state"]
-        self.state = states.make_state(s["kind"], self.n_sites, pattern=s["pattern"],
-                                       angles=s["angles"], flipped=s["flipped"],
-                                       polarized=s["polarized"])
-        self._parts = None
-        # build realization 0 now: bad model/observable input fails before any work
-        self.observable_set(self.build_model(0))
-        self.partitions()
+        self.models = modelspec.ModelBuilder(cfg)
+        self._states = {}
+        self._parts = {}
+        # build realization 0 now: bad model/state/observable/cluster input fails before work
+        self.state = self.state_for(0)
+        self.observable_set(0)
+        self.partitions(0)
         self.check_stop_config()
         self.partial = None
+        self._static = not self.build_model(0).time_dependent
+        self.drift = conservation.DriftMonitor(self._static)
 
     # -- model pieces ---------------------------------------------------------------------
+    def instance(self, r):
+        """The :class:`~ctwa_hpc.modelspec.ModelInstance` of realization r (0-based)."""
+        return self.models.instance(r)
+
     def build_model(self, r):
-        m = self.cfg["model"]
-        params = {k: m[k] for k in ("J", "hx", "hz") if m[k] is not None}
-        return models.build(m["kind"], self.n_sites, params, boundary=m["boundary"],
-                            disorder_seed=self.cfg["disorder"]["seed"], realization=r,
-                            terms=m["terms"])
+        return self.models.hamiltonian(r)
 
-    def observable_set(self, hamiltonian):
+    def state_for(self, r):
+        """Initial state of realization r (the Néel pattern follows the geometry's sublattice)."""
+        s = self.cfg["state"]
+        inst = self.instance(r)
+        key = None if s["kind"] != "neel" or inst.signs is None else inst.signs.tobytes()
+        if key not in self._states:
+            if s["kind"] == "neel" and inst.signs is None:
+                raise config_mod.ConfigError(
+                    "state.kind: 'neel' needs a bipartite lattice; this geometry has none "
+                    "(give state.kind = 'pattern' with state.pattern)")
+            self._states[key] = states.make_state(
+                s["kind"], self.n_sites, pattern=s["pattern"], angles=s["angles"],
+                flipped=s["flipped"], polarized=s["polarized"],
+                signs=inst.signs if s["kind"] == "neel" else None)
+        return self._states[key]
+
+    def observable_set(self, r):
+        """Observables of realization r (staggered signs and positions from its geometry).
+
+        ``r`` may also be a Hamiltonian (then realization 0's geometry is used with it).
+        """
         o = self.cfg["observables"]
+        H = None
+        if not isinstance(r, (int, np.integer)):
+            H, r = r, 0
+        inst = self.instance(r)
+        stag = [n for n in o["names"] if n.endswith("_staggered")]
+        if stag and inst.signs is None:
+            raise config_mod.ConfigError(
+                f"observables.names: {stag[0]!r} needs a bipartite lattice; this geometry has "
+                "none (set model.sublattice = 'alternating' for the pattern (-1)^i)")
         return observables.ObservableSet(self.n_sites, o["names"], o["pairs"], o["custom"],
-                                         hamiltonian, subsystems=o.get("subsystems"),
-                                         kick=o.get("kick"))
+                                         H or inst.hamiltonian, subsystems=o.get("subsystems"),
+                                         kick=o.get("kick"), signs=inst.signs,
+                                         positions=inst.positions, qs=o.get("q"))
 
-    def partitions(self):
-        if self._parts is None:
-            meth = self.cfg["method"]
-            if meth["clusters"] is not None:
-                self._parts = [clusters.Partition.from_lists(self.n_sites, meth["clusters"])]
-            else:
-                self._parts = [clusters.Partition.contiguous(self.n_sites, meth["cluster_size"], o)
-                               for o in meth["offsets"]]
-        return self._parts
+    @property
+    def n_offsets(self):
+        meth = self.cfg["method"]
+        if meth["clusters"] is not None or meth["clustering"] in ("strongest_pairs", "greedy"):
+            return 1
+        return len(meth["offsets"])
+
+    def partitions(self, r):
+        """The cluster partitions of realization r, one per offset (sec. II A, step 1)."""
+        if r not in self._parts:
+            if len(self._parts) >= 4:
+                self._parts.pop(next(iter(self._parts)))
+            self._parts[r] = modelspec.partitions(self.cfg, self.instance(r))
+        return self._parts[r]
 
     @property
     def deterministic(self):
@@ -124,33 +162,39 @@ class Simulation:
 
     @property
     def n_replicas(self):
-        """Moment rows: one per (realization, cluster offset), row = stream_key(r, offset)."""
-        return self.cfg["disorder"]["realizations"] * len(self.partitions())
+        """Moment rows: one per (realization, cluster offset), row = r·n_offsets + offset."""
+        return self.cfg["disorder"]["realizations"] * self.n_offsets
 
     def plan_work(self):
-        """All work items in a fixed global order (independent of the number of ranks)."""
+        """All work items in a fixed global order (independent of the number of ranks).
+
+        A lazy :class:`~ctwa_hpc.workplan.WorkPlan` (``len``, ``plan[k]``, iteration): item k
+        is computed from k, so planning costs O(1) memory whatever the number of samples.
+        """
+        from .workplan import WorkPlan
         batch = self.cfg["method"]["batch"]
         if self.antithetic and batch % 2:
             batch += 1
-        items = []
-        for r in range(self.cfg["disorder"]["realizations"]):
-            for oi in range(len(self.partitions())):
-                for a in range(0, self.samples, batch):
-                    items.append(WorkItem(r, oi, a, min(a + batch, self.samples)))
-        return items
+        return WorkPlan(self.cfg["disorder"]["realizations"], self.n_offsets, self.samples,
+                        batch)
+
+    def row(self, r, oi):
+        """Moment row of (realization r of this job, offset oi)."""
+        return r * self.n_offsets + oi
 
     def stream_key(self, r, oi):
-        """Realization key of the sampling streams: (seed, r·n_offsets + offset, sample)."""
-        return r * len(self.partitions()) + oi
+        """Realization key of the sampling streams: (seed, r_global·n_offsets + offset, sample),
+        r_global = disorder.first + r, so jobs over disjoint realizations draw disjoint streams."""
+        return self.models.global_realization(r) * self.n_offsets + oi
 
     # -- CTWA ---------------------------------------------------------------------------------
     def _context(self, r, oi, cache):
         key = (r, oi)
         if cache.get("key") != key:
             H = self.build_model(r)
-            part = self.partitions()[oi]
+            part = self.partitions(r)[oi]
             prob = clusters.compile_problem(H, part)
-            obs = self.observable_set(H)
+            obs = self.observable_set(r)
             t_stage = np.arange(2 * self.n_steps + 1) * (0.5 * self.dt)
             cache.update(key=key, H=H, problem=prob, obs=obs, plan=obs.compile(part),
                          tf_tab=prob.tf_table(t_stage))
@@ -159,8 +203,8 @@ class Simulation:
     def run_block(self, item, cache):
         """Per-sample statistics columns (n_t, K or 3K, S) of one work item."""
         ctx = self._context(item.realization, item.offset_index, cache)
-        ids = np.arange(item.start, item.stop)
-        init = sampling.draw_batch(ctx["problem"], self.state, self.method,
+        ids = np.arange(item.start, item.stop) + self.cfg["method"]["first_sample"]
+        init = sampling.draw_batch(ctx["problem"], self.state_for(item.realization), self.method,
                                    self.cfg["method"]["seed"],
                                    self.stream_key(item.realization, item.offset_index), ids,
                                    antithetic=self.antithetic,
@@ -169,11 +213,21 @@ class Simulation:
             return propagate_two_time(ctx["problem"], ctx["plan"], init, ctx["obs"].kick,
                                       self.dt, self.n_steps, self.out_every, ctx["tf_tab"],
                                       self.backend)
-        return propagate(ctx["problem"], ctx["plan"], init, self.method, self.dt, self.n_steps,
-                         self.out_every, ctx["tf_tab"], self.backend)
+        cols, psi = propagate(ctx["problem"], ctx["plan"], init, self.method, self.dt,
+                              self.n_steps, self.out_every, ctx["tf_tab"], self.backend,
+                              self.cfg["method"]["precision"], return_state=True)
+        if psi is not None:
+            # conserved quantities: Gram matrices of every block; H_W on a few samples of the
+            # first block of each replica (a NumPy evaluation, kept cheap)
+            sub = slice(None) if item.start else slice(0, 8)
+            part = sampling.InitialBatch(init.psi[..., sub], init.weights, init.sample_ids[sub])
+            self.drift.static = self._static and item.start == 0
+            self.drift.update((item.realization, item.offset_index), ctx["problem"],
+                              ctx["plan"], part, psi[..., sub])
+        return cols
 
     def new_moments(self):
-        obs = self.observable_set(self.build_model(0))
+        obs = self.observable_set(0)
         return obs, stats.Moments.zeros(self.n_replicas, len(self.times), obs.n_stat_columns,
                                         obs.cross)
 
@@ -184,7 +238,7 @@ class Simulation:
         offset) first and then averaged, as in fig. 7 of the paper; the offset average of
         independent estimates has stderr √(Σ_o se_o²)/n_offsets.
         """
-        R, O = self.cfg["disorder"]["realizations"], len(self.partitions())
+        R, O = self.cfg["disorder"]["realizations"], self.n_offsets
         out = {}
         for name, (mean, se) in stats.realization_estimates(outputs, total).items():
             mean = mean.reshape((R, O) + mean.shape[1:]).mean(axis=1)
@@ -200,17 +254,15 @@ class Simulation:
         Without ``stop.stderr_target`` there is one stage.  Otherwise stage k holds the blocks
         whose first sample lies in [k·w, (k+1)·w), w = ``stop.check_samples`` rounded up to a
         multiple of the batch: the stopping point depends on the data only, not on the ranks.
+        ``items`` is the :class:`~ctwa_hpc.workplan.WorkPlan`; the stages are lazy
+        :class:`~ctwa_hpc.workplan.Stage` objects (nothing per item is materialized).
         """
         stop = self.cfg.get("stop") or {}
         if not stop.get("stderr_target"):
-            return [list(range(len(items)))]
-        batch = max(it.stop - it.start for it in items)
+            return items.stages(None)
+        batch = items.largest_block
         width = stop.get("check_samples") or 4 * batch
-        width = -(-width // batch) * batch
-        groups = {}
-        for i, it in enumerate(items):
-            groups.setdefault(it.start // width, []).append(i)
-        return [groups[k] for k in sorted(groups)]
+        return items.stages(-(-width // batch))
 
     def run(self, checkpoint=None, resume=False, force=False, stop_flag=None):
         """Run this rank's share of the work; returns a RunResult on rank 0 (None elsewhere).
@@ -234,15 +286,14 @@ class Simulation:
             done, own = checkpoint.start(resume, force, local)
             if flag is None:
                 flag, own_flag = ckpt_mod.StopFlag().install(), True
-        samples_done = sum(items[i].stop - items[i].start for i in done)
-        progress = Progress(self.comm, sum(it.stop - it.start for it in items), samples_done,
-                            len(items), self.cfg["output"]["progress_every_s"], self.quiet)
+        progress = Progress(self.comm, items.total_samples, items.samples_of(done),
+                            items.n_items, self.cfg["output"]["progress_every_s"], self.quiet)
         loop = _Loop(self, items, own, local, checkpoint, flag, progress)
         try:
             stopped = False
             for stage in self.stages(items):
-                todo = [i for i in stage if i not in done]
-                if loop.run(parallel.split_list(todo, self.comm)):
+                # this rank's contiguous share of the stage's unfinished items (lazy ranges)
+                if loop.run(stage.share(done, self.comm.size, self.comm.rank)):
                     stopped = True
                     break
                 if self._precise_enough(obs, local):
@@ -257,9 +308,11 @@ class Simulation:
             n_done = self.comm.allreduce(len(own))
             if self.comm.rank == 0:
                 log.warning("stop requested (%s): checkpoint saved with %d/%d work blocks",
-                            loop.reason or "another rank", n_done, len(items))
-            raise ckpt_mod.Interrupted(checkpoint.dir if checkpoint else None, n_done, len(items))
+                            loop.reason or "another rank", n_done, items.n_items)
+            raise ckpt_mod.Interrupted(checkpoint.dir if checkpoint else None, n_done,
+                                       items.n_items)
         progress.final()
+        progress.balance(loop)
         return self.finish(obs, local, time.time() - t0)
 
     def _precise_enough(self, obs, local):
@@ -293,7 +346,7 @@ class Simulation:
             raise config_mod.ConfigError("stop.stderr_target: must be >= 0")
         if stop.get("check_samples", 0) < 0:
             raise config_mod.ConfigError("stop.check_samples: must be >= 0")
-        known = self.observable_set(self.build_model(0)).outputs
+        known = self.observable_set(0).outputs
         for k, name in enumerate(stop.get("observables") or []):
             if name not in known:
                 raise config_mod.ConfigError(f"stop.observables[{k}]: {name!r} is not an output "
@@ -306,6 +359,7 @@ class Simulation:
     def finish(self, obs, local, wall):
         """Reduce moments to rank 0 and build the result there."""
         total = self._reduce(local)
+        drift = self.drift.reduce(self.comm)
         if self.comm.rank != 0:
             return None
         est = self.estimates(obs.outputs, total)
@@ -320,9 +374,62 @@ class Simulation:
         res = RunResult(self.cfg, self.times, self.method, outputs, total,
                         int(total.count.sum()) * per_unit, wall, self.comm.size,
                         self.backend_used())
-        if self.cfg["output"]["compare_exact"] and self.n_sites <= 20:
-            res.exact = self.run_exact(serial=True).outputs
+        res.extra["disorder"] = self.disorder_record()
+        if self.method != "operator":
+            self.drift.static = self._static
+            res.extra.update(drift)
+            warn = conservation.DriftMonitor.report(drift, self.dt)
+            if warn:
+                res.extra["warnings"] = "; ".join(warn)
+        if self.models.content_hash:
+            res.extra["model_content_hash"] = self.models.content_hash
+        if self.cfg["output"]["compare_exact"]:
+            ok, reason = self.exact_available()
+            if ok:
+                res.exact = self.run_exact(serial=True).outputs
+            else:
+                res.extra["exact_skipped"] = reason
+                log.warning("output.compare_exact: %s", reason)
         return res
+
+    def exact_available(self):
+        """(True, "") if an exact reference exists for this run, else (False, reason)."""
+        from . import exact
+        obs = self.observable_set(0)
+        return exact.available(self.build_model(0), self.state_for(0), obs.columns, obs.kick)
+
+    # -- what the output records of every realization -----------------------------------------
+    MAX_STORED_COUPLINGS = 4_000_000
+
+    def disorder_record(self):
+        """Positions, fields, couplings (when not too large) and clusters of every realization.
+
+        Returns arrays with a leading realization axis (R, ...): ``positions`` (R, N, d),
+        ``fields`` {component: (R, N)}, ``couplings`` {key: (R, N, N)} (omitted above
+        :attr:`MAX_STORED_COUPLINGS` numbers, or for chain models), ``cluster_of_site``
+        (R, n_offsets, N): the cluster index of every site in every partition, and
+        ``realization_index`` (R,): the global realization numbers (disorder.first + r).
+        """
+        R, N = self.cfg["disorder"]["realizations"], self.n_sites
+        pos, cl, fields, coup = [], [], {}, {}
+        for r in range(R):
+            inst = self.instance(r)
+            pos.append(np.asarray(inst.positions, dtype=float))
+            cl.append([_cluster_of_site(p) for p in self.partitions(r)])
+            for comp, v in inst.fields.items():
+                fields.setdefault(comp, np.zeros((R, N)))[r] = v
+            if inst.couplings is not None:
+                n_keys = len(inst.couplings)
+                if R * N * N * n_keys <= self.MAX_STORED_COUPLINGS:
+                    for key, J in inst.couplings.items():
+                        coup.setdefault(key, np.zeros((R, N, N)))[r] = J
+        out = dict(positions=np.array(pos), cluster_of_site=np.array(cl, dtype=np.int64),
+                   realization_index=self.models.global_realization(0) + np.arange(R))
+        if fields:
+            out["fields"] = fields
+        if coup:
+            out["couplings"] = coup
+        return out
 
     def backend_used(self):
         if self.method == "operator":
@@ -341,18 +448,25 @@ class Simulation:
         rows = {}
         for r in mine:
             H = self.build_model(r)
-            obs = self.observable_set(H)
-            mean, _ = exact.evolve(H, self.state, self.times, obs.columns,
-                                   seed=self.cfg["method"]["seed"], realization=r,
+            obs = self.observable_set(r)
+            state = self.state_for(r)
+            t_r = time.time()
+            mean, _ = exact.evolve(H, state, self.times, obs.columns,
+                                   seed=self.cfg["method"]["seed"],
+                                   realization=self.models.global_realization(r),
                                    draws=self.cfg["output"]["exact_draws"])
             if obs.kick is not None:
-                if not self.state.is_pure:
+                if not state.is_pure:
                     raise ValueError("observables.kick: the exact two-time reference needs a "
                                      "pure initial state")
-                anti, resp = exact.two_time(H, self.state.theta, self.state.phi, self.times,
+                anti, resp = exact.two_time(H, state.theta, state.phi, self.times,
                                             obs.columns, obs.kick)
                 mean = np.concatenate([mean, anti, resp], axis=1)
             rows[r] = mean
+            if comm.rank == 0 and not self.quiet:
+                log.info("exact reference: realization %d (%d of %d on rank 0) in %s",
+                         self.models.global_realization(r), len(rows), len(mine),
+                         _hms(time.time() - t_r))
         gathered = comm.gather(rows, root=0)
         if comm.rank != 0:
             return None
@@ -360,7 +474,7 @@ class Simulation:
         for g in gathered:
             allrows.update(g)
         cols = np.array([allrows[r] for r in range(R)])
-        obs = self.observable_set(self.build_model(0))
+        obs = self.observable_set(0)
         vals = stats.exact_connected(obs.outputs, cols)
         outputs = {}
         for name, v in vals.items():
@@ -374,18 +488,27 @@ class Simulation:
                          comm.size, "exact")
 
 
-def propagate(problem, plan, init, method, dt, n_steps, out_every, tf_tab, backend="auto"):
-    """Integrate one batch of initial conditions; per-sample columns (n_t, K, S)."""
+def propagate(problem, plan, init, method, dt, n_steps, out_every, tf_tab, backend="auto",
+              precision="double", return_state=False):
+    """Integrate one batch of initial conditions; per-sample columns (n_t, K, S).
+
+    ``precision = "single"`` integrates float32 trajectories (observables accumulate in
+    float64); the operator (density-matrix) path is always double.  With ``return_state``
+    the final vectors (A, R, S) are returned too, ``(cols, psi)`` (psi is None for the
+    density-matrix path).
+    """
     if method == "operator":
         from .dynamics import DensityPropagator, rk4
         prop = DensityPropagator(problem, plan)
         rho = DensityPropagator.from_vectors(problem, init.psi, init.weights)
         cols, _ = rk4(prop, rho, 0.0, dt, n_steps, out_every, tf_tab, init.sample_ids)
-        return cols
+        return (cols, None) if return_state else cols
     from . import kernels
-    cols, _ = kernels.integrate(problem, plan, init.psi, init.weights, 0.0, dt, n_steps,
-                                out_every, tf_tab, sample_ids=init.sample_ids, backend=backend)
-    return cols
+    extra = {} if precision == "double" else {"precision": precision}
+    cols, psi = kernels.integrate(problem, plan, init.psi, init.weights, 0.0, dt, n_steps,
+                                  out_every, tf_tab, sample_ids=init.sample_ids,
+                                  backend=backend, **extra)
+    return (cols, psi) if return_state else cols
 
 
 def propagate_two_time(problem, plan, init, kick_ops, dt, n_steps, out_every, tf_tab,
@@ -406,7 +529,12 @@ def propagate_two_time(problem, plan, init, kick_ops, dt, n_steps, out_every, tf
 
 
 class _Loop:
-    """The block loop of one rank: integrate, accumulate, checkpoint, exchange status."""
+    """The block loop of one rank: integrate, accumulate, checkpoint, exchange status.
+
+    ``busy`` accumulates the seconds this rank spent on its blocks (drawing, integrating,
+    accumulating, checkpointing); ``idle`` the seconds it waited for the other ranks at the
+    end of each stage.  :meth:`Progress.balance` reports them over ranks.
+    """
 
     def __init__(self, sim, items, own, local, checkpoint, flag, progress):
         self.sim, self.items, self.own, self.local = sim, items, own, local
@@ -415,6 +543,8 @@ class _Loop:
         self.samples = 0
         self.reason = None
         self.cache = {}
+        self.busy = 0.0
+        self.idle = 0.0
 
     def _stop_requested(self):
         stop = self.flag is not None and self.flag.check(self.blocks)
@@ -437,8 +567,9 @@ class _Loop:
         for i in mine:
             if self._stop_requested():
                 break
+            t_block = time.perf_counter()
             it = self.items[i]
-            self.local.add(sim.stream_key(it.realization, it.offset_index),
+            self.local.add(sim.row(it.realization, it.offset_index),
                            sim.run_block(it, self.cache), antithetic=anti)
             if delay:
                 time.sleep(delay)
@@ -448,20 +579,33 @@ class _Loop:
             self.samples += it.stop - it.start
             if self.checkpoint is not None:
                 self.checkpoint.maybe_save(self.own, self.local)
+            self.busy += time.perf_counter() - t_block
             res = sync.exchange([self.blocks, self.samples, 0.0, 0.0])
             if res is not None:
                 self.progress.update(res)
                 if res[2] > 0:
                     return True
         finished = float(n_done == len(mine))
-        while True:  # no work taken any more: exchange until all finished or a stop is seen
-            res = sync.exchange([self.blocks, self.samples, float(self._stop_requested()),
-                                 finished], wait=True)
-            self.progress.update(res)
-            if res[3] >= sim.comm.size:
-                return False
-            if res[2] > 0:
-                return True
+        t_wait = time.perf_counter()
+        try:
+            while True:  # no work taken any more: exchange until all finished or a stop is seen
+                res = sync.exchange([self.blocks, self.samples, float(self._stop_requested()),
+                                     finished], wait=True)
+                self.progress.update(res)
+                if res[3] >= sim.comm.size:
+                    return False
+                if res[2] > 0:
+                    return True
+        finally:
+            self.idle += time.perf_counter() - t_wait
+
+
+def _cluster_of_site(partition):
+    """(N,) cluster index of every site of a partition."""
+    out = np.empty(partition.n_sites, dtype=np.int64)
+    for c, sites in enumerate(partition.clusters):
+        out[list(sites)] = c
+    return out
 
 
 def _hms(seconds):
@@ -482,8 +626,10 @@ class Progress:
     """
 
     def __init__(self, comm, total, already, n_blocks, every_s, quiet):
+        self.comm = comm
         self.total, self.already, self.n_blocks = total, already, n_blocks
         self.every, self.quiet = every_s, quiet or comm.rank != 0
+        self.load_balance = None
         self.t0 = self.last = time.time()
         self.blocks = self.samples = 0
 
@@ -507,3 +653,23 @@ class Progress:
     def final(self):
         if not self.quiet:
             self._line(time.time(), "done")
+
+    def balance(self, loop):
+        """Log (rank 0) the busy time per rank, min / median / max, and the imbalance
+        max / mean − 1 (collective: one gather of two floats per rank)."""
+        times = self.comm.gather((loop.busy, loop.idle), root=0)
+        if self.comm.rank != 0 or not times:
+            return None
+        busy = np.array([t[0] for t in times])
+        idle = np.array([t[1] for t in times])
+        mean = busy.mean()
+        imbalance = busy.max() / mean - 1.0 if mean > 0 else 0.0
+        stats_ = dict(min=float(busy.min()), median=float(np.median(busy)),
+                      max=float(busy.max()), mean=float(mean), imbalance=float(imbalance),
+                      idle_max=float(idle.max()), ranks=len(busy))
+        log.info("load balance: busy time per rank min %.3fs / median %.3fs / max %.3fs over "
+                 "%d rank(s); imbalance max/mean - 1 = %.1f%%; longest wait for the others "
+                 "%.3fs", stats_["min"], stats_["median"], stats_["max"], len(busy),
+                 100.0 * imbalance, stats_["idle_max"])
+        self.load_balance = stats_
+        return stats_

@@ -80,10 +80,12 @@ def from_pattern(pattern, where="state.pattern"):
     return ProductState(ang[:, 0], ang[:, 1], rnd, f"pattern:{pattern}")
 
 
-def make_state(kind, n_sites, pattern=None, angles=None, flipped=(), polarized=(0,)):
+def make_state(kind, n_sites, pattern=None, angles=None, flipped=(), polarized=(0,), signs=None):
     """Build a named initial state.
 
-    kind: ``up``, ``down``, ``neel`` (site 0 up), ``x`` (+x), ``y`` (+y), ``pattern``,
+    kind: ``up``, ``down``, ``neel`` (sites with staggered sign +1 up, −1 down; ``signs``
+    defaults to (−1)^i, i.e. site 0 up; on a lattice it is the bipartition), ``x`` (+x),
+    ``y`` (+y), ``pattern``,
     ``angles``, ``bath`` (sites in ``polarized`` up, the others uniformly random).
     ``flipped`` lists sites whose spin is reversed afterwards (θ → π - θ, φ → φ + π).
     """
@@ -103,7 +105,7 @@ def make_state(kind, n_sites, pattern=None, angles=None, flipped=(), polarized=(
         st = ProductState(np.zeros(n), np.zeros(n), rnd, "bath")
     else:
         theta = {"up": np.zeros(n), "down": np.full(n, np.pi),
-                 "neel": np.where(np.arange(n) % 2 == 0, 0.0, np.pi),
+                 "neel": _neel_theta(n, signs),
                  "x": np.full(n, np.pi / 2), "y": np.full(n, np.pi / 2)}[kind]
         phi = np.full(n, np.pi / 2) if kind == "y" else np.zeros(n)
         st = ProductState(theta, phi, np.zeros(n, bool), kind)
@@ -117,6 +119,15 @@ def make_state(kind, n_sites, pattern=None, angles=None, flipped=(), polarized=(
             th[s], ph[s] = np.pi - th[s], ph[s] + np.pi
         st = ProductState(th, ph, st.random, st.name + f"+flip{list(flipped)}")
     return st
+
+
+def _neel_theta(n, signs):
+    if signs is None:
+        return np.where(np.arange(n) % 2 == 0, 0.0, np.pi)
+    signs = np.asarray(signs, dtype=float)
+    if signs.shape != (n,) or not np.all(np.abs(signs) == 1.0):
+        raise ValueError(f"state.kind: 'neel' needs one staggered sign ±1 per site ({n})")
+    return np.where(signs > 0, 0.0, np.pi)
 
 
 def product_vector(theta, phi):

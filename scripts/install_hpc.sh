@@ -15,7 +15,7 @@ export DEBIAN_FRONTEND=noninteractive
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 base_pkgs=("setuptools>=77" wheel pkgconfig packaging "cython>=3,<4" "numpy>=2,<3" scipy
-           pytest pytest-timeout matplotlib)
+           pytest pytest-timeout matplotlib threadpoolctl xarray h5netcdf)
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/pip" install -q "${base_pkgs[@]}"

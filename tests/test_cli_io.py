@@ -83,10 +83,12 @@ def test_load_round_trip(written):
     np.testing.assert_array_equal(data["time"], res.times)
     assert set(data["observables"]) == set(res.outputs)
     for name, o in res.outputs.items():
-        for key in ("mean", "stderr", "stderr_within"):
-            np.testing.assert_array_equal(data["observables"][name][key], o[key])
-        np.testing.assert_array_equal(data["realizations"][name]["mean"], o["real_mean"])
-        np.testing.assert_array_equal(data["realizations"][name]["stderr"], o["real_stderr"])
+        for key in ("mean", "stderr", "stderr_within"):  # single-valued outputs: (n_t,) in files
+            stored = data["observables"][name][key]
+            np.testing.assert_array_equal(stored, o[key].reshape(stored.shape))
+        for key, src in (("mean", "real_mean"), ("stderr", "real_stderr")):
+            stored = data["realizations"][name][key]
+            np.testing.assert_array_equal(stored, o[src].reshape(stored.shape))
         ga = data["group_attrs"][f"observables/{name}"]
         assert ga["description"] == o["description"] and ga["kind"] == o["kind"]
         if o["labels"]:

@@ -2,7 +2,11 @@
 import json
 import os
 
+import pytest
+
 from ctwa_hpc import cli
+
+pytest.importorskip("matplotlib", reason="the plot extra (pip install .[plot]) is not installed")
 
 
 def test_fig4_pipeline(tmp_path):

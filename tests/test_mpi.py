@@ -49,7 +49,7 @@ def test_parallel_file_complete(runs):
     n_t, R = len(data["time"]), 2
     assert n_t == 11
     assert set(data["observables"]) == {"sz", "mz_staggered", "czz", "czz_connected", "energy"}
-    shapes = {"sz": (4,), "mz_staggered": (1,), "czz": (3,), "czz_connected": (3,), "energy": (1,)}
+    shapes = {"sz": (4,), "mz_staggered": (), "czz": (3,), "czz_connected": (3,), "energy": ()}
     for name, shape in shapes.items():
         o = data["observables"][name]
         assert set(o) == {"mean", "stderr", "stderr_within"}

@@ -1,0 +1,201 @@
+"""The Python API: ``ctwa_hpc.run(config, overrides)`` for scripts and notebooks.
+
+>>> import ctwa_hpc
+>>> res = ctwa_hpc.run("jobs/tfim4.toml", {"method.samples": 200})
+>>> res.mean("sz").shape, res.stderr("mz_staggered")[-1]
+
+``config`` is a TOML path or a dict with the sections of a run file (README, "Run files");
+``overrides`` a dict ``{"section.key": value}`` (dotted paths reach into tables:
+``{"model.params.omega": 3.0}``).  Where a run file names a file, a Python object is accepted:
+``model.file`` may be a :class:`~ctwa_hpc.hamiltonian.Hamiltonian` (or a list of them, one per
+disorder realization), ``model.positions_file`` a :class:`~ctwa_hpc.geometry.Geometry` or an
+(N, d) array of positions.  The config is validated exactly as on the command line (unknown keys
+are errors naming the field) and stored with the result.
+
+Under ``mpirun`` the call is collective (every rank calls it; rank 0 gets the result, the other
+ranks ``None``).  Progress lines go to the ``ctwa_hpc`` logger (a handler printing to stderr is
+installed when none is configured, so they show in a notebook).  Ctrl-C stops the run at the end
+of the current work block and raises ``KeyboardInterrupt``.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import sys
+
+import numpy as np
+
+from . import config as config_mod
+
+log = logging.getLogger("ctwa_hpc")
+
+
+class Result:
+    """Means, standard errors, times and metadata of a run (the in-memory twin of the file).
+
+    ``outputs[name]`` is a dict with ``mean`` (n_t, ...), ``stderr`` (None for exact and
+    zero-noise runs), ``stderr_within``, per-realization ``real_mean``/``real_stderr``,
+    ``labels`` and ``description``; ``exact`` the exact reference's outputs (or None).
+    """
+
+    def __init__(self, run_result, path=None):
+        self._r = run_result
+        self.path = path
+
+    @property
+    def times(self):
+        return self._r.times
+
+    @property
+    def config(self):
+        return self._r.cfg
+
+    @property
+    def outputs(self):
+        return self._r.outputs
+
+    @property
+    def exact(self):
+        return self._r.exact
+
+    @property
+    def method(self):
+        return self._r.method
+
+    @property
+    def n_samples(self):
+        return self._r.n_samples
+
+    @property
+    def wall_time(self):
+        return self._r.wall_time
+
+    @property
+    def metadata(self):
+        r = self._r
+        return dict(method=r.method, n_samples=r.n_samples, wall_time_s=r.wall_time,
+                    mpi_size=r.mpi_size, backend=r.backend,
+                    n_realizations=r.cfg["disorder"]["realizations"], **{
+                        k: v for k, v in r.extra.items() if not isinstance(v, dict)})
+
+    @property
+    def disorder(self):
+        """Positions, fields, couplings and clusters of every realization (see runner)."""
+        return self._r.extra.get("disorder", {})
+
+    def _get(self, name):
+        if name not in self._r.outputs:
+            raise KeyError(f"{name!r} is not an output of this run (known: "
+                           f"{sorted(self._r.outputs)})")
+        return self._r.outputs[name]
+
+    def mean(self, name):
+        return self._get(name)["mean"]
+
+    def stderr(self, name):
+        se = self._get(name).get("stderr")
+        return np.zeros_like(self.mean(name)) if se is None else se
+
+    def exact_mean(self, name):
+        if not self._r.exact or name not in self._r.exact:
+            raise KeyError(f"no exact reference for {name!r} (set output.compare_exact = true)")
+        return self._r.exact[name]["mean"]
+
+    def to_xarray(self):
+        """An xarray.Dataset with ``<name>_mean`` / ``<name>_stderr`` and time coordinates."""
+        from . import io
+        return io.result_to_xarray(self._r)
+
+    @property
+    def run_result(self):
+        return self._r
+
+    def __repr__(self):
+        names = ", ".join(self._r.outputs)
+        return (f"<ctwa_hpc.Result {self._r.method}: {self._r.n_samples} samples, "
+                f"{len(self.times)} times, outputs: {names}>")
+
+
+def _objects_to_refs(raw):
+    """Replace Python objects where a file is named by registered references."""
+    from . import modelspec
+    model = raw.get("model")
+    if isinstance(model, dict):
+        for key in ("file", "positions_file"):
+            v = model.get(key)
+            if v is not None and not isinstance(v, (str, os.PathLike)):
+                model[key] = modelspec.register_object(v)
+            elif isinstance(v, os.PathLike):
+                model[key] = os.fspath(v)
+        if isinstance(model.get("positions_file"), str) and \
+                model["positions_file"].startswith(modelspec.OBJECT_PREFIX):
+            model.setdefault("positions", "file")
+    return raw
+
+
+def _raw_config(config):
+    if isinstance(config, (str, os.PathLike)):
+        return config_mod.read_toml(os.fspath(config))
+    if isinstance(config, dict):
+        out = {}
+        for sec, val in config.items():   # copy the tables, keep the objects themselves
+            out[sec] = {k: (v if k in ("file", "positions_file") else copy.deepcopy(v))
+                        for k, v in val.items()} if isinstance(val, dict) else val
+        return out
+    raise config_mod.ConfigError(f"config: expected a TOML path or a dict, got "
+                                 f"{type(config).__name__}")
+
+
+def resolve(config, overrides=None):
+    """The validated config dict of ``config`` + ``overrides`` (what :func:`run` runs)."""
+    raw = _raw_config(config)
+    if overrides:
+        if not isinstance(overrides, dict):
+            raise config_mod.ConfigError("overrides: expected a dict {'section.key': value}")
+        config_mod.apply_overrides(raw, overrides)
+    return config_mod.resolve(_objects_to_refs(raw))
+
+
+def _ensure_handler(quiet):
+    root_has = logging.getLogger().handlers or log.handlers
+    if not root_has and not quiet:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s ctwa-hpc %(message)s", "%H:%M:%S"))
+        log.addHandler(h)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        return h
+    return None
+
+
+def run(config, overrides=None, *, output=None, force=False, comm=None, quiet=False,
+        backend=None):
+    """Run a CTWA (or exact, ``method.kind = "exact"``) simulation; returns a :class:`Result`.
+
+    ``output``: also write the HDF5 file there (``force`` to overwrite).  ``comm``: an MPI
+    communicator wrapper from :func:`ctwa_hpc.parallel.get_comm` (default: MPI when launched
+    under mpirun, else serial).  ``quiet``: no progress lines.
+    """
+    from . import parallel
+    from .runner import Simulation
+    cfg = resolve(config, overrides)
+    if output is not None:
+        cfg["output"]["path"] = os.fspath(output)
+    if comm is None:   # MPI only when launched by mpirun/srun: a singleton MPI_Init in a
+        # notebook would start Open MPI's runtime and take over SIGINT (Ctrl-C)
+        comm = parallel.get_comm() if parallel.launched_under_mpi() else parallel.SerialComm()
+    handler = _ensure_handler(quiet or comm.rank != 0)
+    try:
+        sim = Simulation(cfg, comm, backend=backend, quiet=quiet)
+        res = sim.run()
+        path = None
+        if output is not None:
+            from . import io
+            io.write_output(cfg["output"]["path"], res, comm, partial=sim.partial, force=force)
+            path = cfg["output"]["path"]
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            log.propagate = True
+    return Result(res, path) if res is not None else None

@@ -1,0 +1,525 @@
+"""The layout of an output file: netCDF-4 compatible HDF5 (plans for :mod:`ctwa_hpc.io`).
+
+Layout (README.md, section "Output (HDF5, netCDF-4 compatible)"); every dataset has named
+dimension scales, so ``xarray.open_dataset(path, engine="h5netcdf", group="observables/sz")``
+and ``xarray.open_datatree(path, engine="h5netcdf")`` read it:
+
+=====================================  =======================================================
+``/time``                              output times (time), coordinate variable
+``/observables/<name>/mean``           disorder- and sample-averaged value (time[, comp])
+``/observables/<name>/stderr``         its standard error (CTWA only; see ``STDERR``)
+``/observables/<name>/stderr_within``  Monte Carlo part of the error (CTWA)
+``/observables/<name>/stderr_disorder``  exact runs with several realizations
+``/realizations/<name>/{mean,stderr}``  per-realization values (realization, time[, comp])
+``/exact/<name>/{mean,stderr_disorder,per_realization}``  the exact reference
+``/moments/{count,s1,s2,sx,cross}``    raw sums over samples (mergeable across jobs): count
+                                       (replica), s1/s2 (replica, time, column), sx (replica,
+                                       time, product), cross (product, factor) = the column
+                                       pair of each product
+``/partial/{count,s1,s2,sx}``          the same sums per rank before the reduction (rank, ...)
+``/disorder/...``                      every realization's random inputs: positions (realization,
+                                       site, spatial), field_<a> (realization, site),
+                                       coupling_<ab> (realization, site, site_j),
+                                       cluster_of_site (realization, offset, site)
+root attributes                        config_toml, config_hash, provenance (see ``root_attrs``)
+=====================================  =======================================================
+
+Component axes (``comp``) and their coordinates, from the output's labels: ``site`` (site
+index; sz, sx, sy and their two-time variants), ``pair`` (index into observables.pairs, with
+``sites`` (pair, member)), ``distance`` (czz_map: Δ), ``subsystem`` (index into
+observables.subsystems, with ``sites``), ``q`` (szz_q, with ``q_vector`` (q, spatial)),
+otherwise ``component``; every labelled axis also has a ``label`` string coordinate.
+Single-valued outputs (mz_staggered, energy, custom strings) have shape (time,).  Strings are fixed-length UTF-8 with ``_Encoding = "utf-8"`` (parallel
+HDF5 cannot write variable-length data).  Every group carries its own copies of the
+coordinates it uses (so it opens alone); time axes are attached to the root ``/time`` first and
+to the group's ``time`` last (netCDF readers use the last scale).
+
+The writer in :mod:`ctwa_hpc.io` executes a :class:`_Plan` (ordered groups, datasets and
+attributes, identical on every rank under parallel HDF5); :func:`to_dataset` builds the
+xarray view of the same content.  No h5py here.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import socket
+import subprocess
+
+import numpy as np
+
+from . import __version__, config as config_mod, parallel
+
+TIME_ATTRS = {
+    "long_name": "time t",
+    "units": "1/E (hbar = 1)",
+    "description": "hbar = 1: times are in the inverse units E of the Hamiltonian's "
+                   "coefficients as given in the config (model.J, model.hx, fields, couplings); "
+                   "e.g. with J = 0.125, t = 8 means J t = 1"}
+STDERR = {
+    "stderr": "standard error of mean (one sigma): with R >= 2 realizations the spread of the "
+              "realization values / sqrt(R), which contains the Monte Carlo noise; with R = 1 "
+              "the Monte Carlo error sqrt(s^2/n) over n independent samples (an antithetic pair "
+              "counts once); connected correlators and entropies by the delta method",
+    "stderr_within": "Monte Carlo part of the error of the disorder average: "
+                     "sqrt(sum_r stderr_r^2)/R",
+    "stderr_disorder": "exact reference: spread of the realization values / sqrt(R)",
+    "realization_stderr": "Monte Carlo standard error (one sigma) of the realization's value "
+                          "(sqrt(s^2/n), delta method for nonlinear outputs)",
+}
+SUFFIXES = ("_anticomm", "_response")
+
+
+def git_revision():
+    """The checkout's commit (``-dirty`` with local changes), or "unknown"."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        rev = out.stdout.strip()
+        if out.returncode == 0 and rev:
+            dirty = subprocess.run(["git", "-C", here, "status", "--porcelain",
+                                    "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def root_attrs(result, writer):
+    """Root attributes: the resolved config, its hash and the provenance of the run."""
+    from .checkpoint import config_hash
+    cfg = result.cfg
+    out = {
+        "config_toml": config_mod.dumps(cfg),
+        "config_hash": config_hash(cfg),
+        "ctwa_hpc_version": __version__,
+        "git_revision": git_revision(),
+        "method": result.method,
+        "mpi_size": int(result.mpi_size),
+        "mpi_library": parallel.library_version(),
+        "writer": writer,
+        "seed": int(cfg["method"]["seed"]),
+        "disorder_seed": int(cfg["disorder"]["seed"]),
+        "n_realizations": int(cfg["disorder"]["realizations"]),
+        "n_samples": int(result.n_samples),
+        "wall_time_s": float(result.wall_time),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "hostname": socket.gethostname(),
+        "backend": result.backend,
+        "conventions": "Pauli matrices sigma (not S = sigma/2), hbar = 1; site 0 is bit 0",
+        "format": "ctwa-hpc output 2: netCDF-4 compatible HDF5 (named dimension scales)",
+        "finished_run": True,
+    }
+    for k, v in result.extra.items():   # scalar provenance (model_content_hash, merged_from...)
+        if isinstance(v, (str, bool, int, float, np.integer, np.floating)):
+            out.setdefault(k, v)
+        elif isinstance(v, (list, tuple)) and v and all(isinstance(x, str) for x in v) \
+                and k != "columns":
+            out.setdefault(k, "\n".join(v))
+    return out
+
+
+def realization_index(result):
+    """Global realization numbers (disorder.first + r) of a RunResult."""
+    idx = (result.extra.get("disorder") or {}).get("realization_index")
+    if idx is not None:
+        return np.asarray(idx, dtype=np.int64)
+    d = result.cfg["disorder"]
+    return d.get("first", 0) + np.arange(d["realizations"], dtype=np.int64)
+
+
+# -- component axes of an output ------------------------------------------------------------------
+_SITE = re.compile(r"site (\d+)$")
+_SITES = re.compile(r"\d+(,\d+)*$")
+_Q = re.compile(r"q=\((.*)\)$")
+
+
+def base_name(name):
+    """The output a two-time variant derives from (``sz_response`` → ``sz``)."""
+    for s in SUFFIXES:
+        if name.endswith(s):
+            return name[:-len(s)]
+    return name
+
+
+def component_axes(name, kind, labels, trailing):
+    """(squeeze, dims, coords) of the axes after time of output ``name``.
+
+    ``trailing``: the shape after the time axis; ``squeeze``: drop a single unlabelled axis
+    (a scalar output).  ``coords``: list of (name, dims, values, attrs); the first entry of a
+    labelled axis is the dimension coordinate.
+    """
+    trailing = tuple(trailing)
+    labels = [str(x) for x in (labels or [])]
+    if not trailing or (trailing == (1,) and not labels):
+        return bool(trailing), (), []
+    n = trailing[0]
+    coords = []
+    if labels and len(labels) == n and all(_SITE.match(x) for x in labels):
+        dim = "site"
+        coords.append(("site", ("site",), np.array([int(_SITE.match(x).group(1))
+                                                    for x in labels]),
+                       {"long_name": "site index i"}))
+    elif labels and len(labels) == n and all(_SITES.match(x) for x in labels):
+        sites = [list(map(int, x.split(","))) for x in labels]
+        k = max(map(len, sites))
+        rdm = kind in ("entropy", "renyi2", "rdm_min_eig")
+        if base_name(name) == "czz_map" and all(len(s) == 2 for s in sites):
+            dim, values, desc = "distance", np.array([s[1] - s[0] for s in sites]), "Δ = j − i"
+        elif rdm or k != 2:
+            dim, values, desc = "subsystem", np.arange(n), "index into observables.subsystems"
+        else:
+            dim, values, desc = "pair", np.arange(n), "index into observables.pairs"
+        coords.append((dim, (dim,), values, {"long_name": desc}))
+        if all(len(s) == k for s in sites):
+            coords.append(("member", ("member",), np.arange(k),
+                           {"long_name": "position of a site within its pair or subsystem"}))
+            coords.append(("sites", (dim, "member"), np.array(sites, dtype=np.int64),
+                           {"long_name": "site indices"}))
+    elif labels and len(labels) == n and all(_Q.match(x) for x in labels):
+        dim = "q"
+        coords.append(("q", ("q",), np.arange(n), {"long_name": "index into observables.q"}))
+        vecs = [[float(v) for v in _Q.match(x).group(1).split(",")] for x in labels]
+        d = len(vecs[0])
+        if all(len(v) == d for v in vecs):
+            coords.append(("spatial", ("spatial",), list("xyz")[:d] if d <= 3 else
+                           [f"axis {k}" for k in range(d)], {"long_name": "spatial axis"}))
+            coords.append(("q_vector", ("q", "spatial"), np.array(vecs),
+                           {"long_name": "wave vector q (6 digits, as labelled; exact values: "
+                            "observables.q)"}))
+    else:
+        dim = "component"
+        coords.append(("component", ("component",), np.arange(n), {"long_name": "index"}))
+    if labels and len(labels) == n:
+        coords.append(("label", (dim,), labels, {"long_name": "label"}))
+    dims = (dim,)
+    for k, m in enumerate(trailing[1:], start=1):
+        dims += (f"axis{k}",)
+        coords.append((f"axis{k}", (f"axis{k}",), np.arange(m), {"long_name": "index"}))
+    return False, dims, coords
+
+
+def value_units(name, kind):
+    """The ``units`` attribute of an output: Pauli expectation values are dimensionless."""
+    if kind in ("entropy", "renyi2"):
+        return "bit"
+    if base_name(name) == "energy":
+        return "E (units of the Hamiltonian's coefficients)"
+    return "1"
+
+
+def column_labels(obs):
+    """Human-readable labels of the moment columns of an ObservableSet (K or 3K of them)."""
+    def one(col):
+        parts = []
+        for coef, ops in col[:4]:
+            s = " ".join(f"{lab}{site}" for site, lab in ops) or "I"
+            parts.append(s if coef == 1.0 and len(col) == 1 else f"{coef:+.6g} {s}")
+        if len(col) > 4:
+            parts.append(f"... ({len(col)} Pauli strings)")
+        return " ".join(parts)
+    base = [one(c) for c in obs.columns]
+    if getattr(obs, "kick", None) is None:
+        return base
+    o = " ".join(f"{lab}{site}" for site, lab in obs.kick)
+    return base + [f"2 ({o})_W(0) * [{b}]" for b in base] + [f"d/d eps [{b}] (kick {o})"
+                                                               for b in base]
+
+
+# -- the plan: every group/dataset/attribute of the file, built on rank 0 ---------------------
+def _strings(values):
+    enc = [str(v).encode() for v in values]
+    n = max([1] + [len(e) for e in enc])
+    return np.array(enc, dtype=f"S{n}"), ("utf8", n)
+
+
+class _Plan:
+    """Ordered structure operations (identical on all ranks) plus rank 0's data."""
+
+    def __init__(self):
+        self.ops, self.data = [], {}
+
+    def group(self, path, attrs=None):
+        self.ops.append(("group", path, attrs or {}))
+
+    def _add(self, path, value, shape, dtype, attrs, scale, attach):
+        self.ops.append(("dataset", path, tuple(shape), dtype, attrs, scale, tuple(attach)))
+        if value is not None:
+            self.data[path] = value
+
+    def coord(self, group, name, dims, values, attrs=None):
+        """A coordinate variable (a dimension scale when ``dims == (name,)``) in ``group``."""
+        attrs = dict(attrs or {})
+        if np.asarray(values).dtype.kind in "USO":
+            value, dtype = _strings(values)
+            attrs["_Encoding"] = "utf-8"
+        else:
+            value = np.asarray(values)
+            dtype = value.dtype.str
+        scale = name if tuple(dims) == (name,) else None
+        attach = [] if scale else self._attach(group, dims)
+        self._add(f"{group}/{name}", value, value.shape, dtype, attrs, scale, attach)
+
+    @staticmethod
+    def _attach(group, dims):
+        out = []
+        for ax, d in enumerate(dims):
+            if d == "time" and group != "":
+                out.append((ax, "/time"))
+            out.append((ax, f"{group}/{d}"))
+        return out
+
+    def variable(self, group, name, dims, value=None, shape=None, attrs=None, aux=()):
+        """A data variable; ``value=None``: created empty with ``shape`` (filled later)."""
+        attrs = dict(attrs or {})
+        if aux:
+            attrs["coordinates"] = " ".join(aux)
+        if value is not None:
+            value = np.asarray(value)
+            shape, dtype = value.shape, value.dtype.str
+        else:
+            dtype = "<f8"
+        self._add(f"{group}/{name}", value, shape, dtype, attrs, None, self._attach(group, dims))
+
+
+def _aux_for(coords):
+    """Names of the auxiliary (non-dimension) coordinates (the ``coordinates`` attribute)."""
+    return tuple(c for c, cd, _, _ in coords if cd != (c,))
+
+
+def _output_groups(plan, root, outputs, times, real_index, per_real=None, exact=False):
+    plan.group(root)
+    if per_real is not None:
+        plan.group(per_real)
+    for name, o in outputs.items():
+        mean = np.asarray(o["mean"])
+        squeeze, cdims, coords = component_axes(name, o["kind"], o["labels"], mean.shape[1:])
+        fix = (lambda a: np.asarray(a).reshape(np.shape(a)[:-1])) if squeeze else np.asarray
+        attrs = {"description": o["description"], "kind": o["kind"]}
+        units = value_units(name, o["kind"])
+        targets = [(f"{root}/{name}", False)]
+        if per_real is not None:
+            targets.append((f"{per_real}/{name}", True))
+        for group, real in targets:
+            plan.group(group, attrs)
+            dims = (("realization",) if real else ()) + ("time",) + cdims
+            has_real = real or (exact and o.get("real_mean") is not None)
+            plan.coord(group, "time", ("time",), times, TIME_ATTRS)
+            if has_real:
+                plan.coord(group, "realization", ("realization",), real_index,
+                           {"long_name": "disorder realization (disorder.first + r)"})
+            for c in sorted(coords, key=lambda c: c[1] != (c[0],)):   # dimension scales first
+                plan.coord(group, c[0], c[1], c[2], c[3])
+            aux = _aux_for(coords)
+            va = {"units": units, "long_name": o["description"]}
+            if real:
+                plan.variable(group, "mean", dims, fix(o["real_mean"]), attrs=va, aux=aux)
+                if o.get("real_stderr") is not None:
+                    plan.variable(group, "stderr", dims, fix(o["real_stderr"]),
+                                  attrs={"units": units, "description": STDERR[
+                                      "realization_stderr"]}, aux=aux)
+                continue
+            plan.variable(group, "mean", dims, fix(mean), attrs=va, aux=aux)
+            for key in ("stderr", "stderr_within", "stderr_disorder"):
+                if o.get(key) is not None:
+                    plan.variable(group, key, dims, fix(o[key]),
+                                  attrs={"units": units, "description": STDERR[key]}, aux=aux)
+            if exact and o.get("real_mean") is not None:
+                plan.variable(group, "per_realization", ("realization",) + dims,
+                              fix(o["real_mean"]), attrs=dict(va, description="exact value of "
+                                                              "every realization"), aux=aux)
+
+
+def _moment_coords(plan, group, result, rows, n_cols, n_prod, real_index, mpi_size=None):
+    if mpi_size is not None:
+        plan.coord(group, "rank", ("rank",), np.arange(mpi_size), {"long_name": "MPI rank"})
+    plan.coord(group, "replica", ("replica",), np.arange(rows),
+               {"long_name": "moment row = r * n_offsets + offset (r: realization of this file)"})
+    plan.coord(group, "time", ("time",), result.times, TIME_ATTRS)
+    plan.coord(group, "column", ("column",), np.arange(n_cols),
+               {"long_name": "statistics column (a sum of Pauli strings)"})
+    plan.coord(group, "product", ("product",), np.arange(n_prod),
+               {"long_name": "cross product x_a x_b of two columns (a, b) = cross[product]"})
+    R = max(len(real_index), 1)
+    O = max(rows // R, 1)
+    plan.coord(group, "replica_realization", ("replica",), real_index[np.arange(rows) // O]
+               if rows else np.zeros(0, np.int64), {"long_name": "global realization index"})
+    plan.coord(group, "replica_offset", ("replica",), np.arange(rows) % O,
+               {"long_name": "cluster partition index (into method.offsets)"})
+    labels = list(result.extra.get("columns") or [])
+    if len(labels) != n_cols:
+        labels = [f"column {k}" for k in range(n_cols)]
+    plan.coord(group, "column_label", ("column",), labels, {"long_name": "column definition"})
+
+
+_MOMENT_DIMS = {"count": ("replica",), "s1": ("replica", "time", "column"),
+                "s2": ("replica", "time", "column"), "sx": ("replica", "time", "product")}
+_MOMENT_DESC = {"count": "independent units summed in the row (antithetic: pairs)",
+                "s1": "sum over units of the column value x", "s2": "sum of x^2",
+                "sx": "sum of x_a x_b, (a, b) = cross[product]"}
+
+
+def _moments(plan, result, mpi_size, real_index):
+    mom = result.moments
+    arrays = mom.arrays()
+    rows, n_cols, n_prod = arrays["s1"].shape[0], arrays["s1"].shape[2], len(mom.cross)
+    plan.group("/moments", {"description": "sums over samples (antithetic: over pairs); merge "
+                            "jobs by adding (samples) or stacking rows (realizations)"})
+    _moment_coords(plan, "/moments", result, rows, n_cols, n_prod, real_index)
+    aux = ("replica_realization", "replica_offset")
+    for k, v in arrays.items():
+        plan.variable("/moments", k, _MOMENT_DIMS[k], v, attrs={"description": _MOMENT_DESC[k]},
+                      aux=aux + (("column_label",) if k in ("s1", "s2") else ()))
+    plan.coord("/moments", "factor", ("factor",), np.arange(2), {"long_name": "a or b"})
+    plan.variable("/moments", "cross", ("product", "factor"),
+                  np.asarray(mom.cross, dtype=np.int64).reshape(-1, 2),
+                  attrs={"description": "column pair (a, b) of every cross product"})
+    if result.cfg["output"].get("write_partial", True):
+        plan.group("/partial", {"description": "row k: the sums held by rank k before the "
+                                "reduction; rows sum to /moments"})
+        _moment_coords(plan, "/partial", result, rows, n_cols, n_prod, real_index, mpi_size)
+        for k, v in arrays.items():
+            plan.variable("/partial", k, ("rank",) + _MOMENT_DIMS[k],
+                          shape=(mpi_size,) + np.shape(v), attrs={"description": _MOMENT_DESC[k]},
+                          aux=aux + (("column_label",) if k in ("s1", "s2") else ()))
+
+
+def _disorder(plan, result, real_index):
+    rec = result.extra.get("disorder") or {}
+    items = {k: v for k, v in rec.items() if k != "realization_index"}
+    if not items:
+        return
+    g = "/disorder"
+    R, N = len(real_index), int(result.cfg["model"]["n_sites"])
+    plan.group(g, {"description": "random inputs of every disorder realization (coefficients in "
+                   "the units E of the Hamiltonian)"})
+    plan.coord(g, "realization", ("realization",), real_index,
+               {"long_name": "disorder realization (disorder.first + r)"})
+    plan.coord(g, "site", ("site",), np.arange(N), {"long_name": "site index i"})
+    made = {"realization", "site"}
+
+    def dims_for(key, shape):
+        dims = ["realization"] + [f"{key}_axis{k}" for k in range(1, len(shape))]
+        for k, n in enumerate(shape[1:], start=1):
+            if n == N and "site" not in dims:
+                dims[k] = "site"
+        for d, n in zip(dims, shape):
+            if d not in made:
+                plan.coord(g, d, (d,), np.arange(n), {"long_name": "index"})
+                made.add(d)
+        return tuple(dims)
+
+    for key, v in items.items():
+        if key == "positions":
+            v = np.asarray(v, dtype=float)
+            d = v.shape[-1]
+            plan.coord(g, "spatial", ("spatial",), list("xyz")[:d] if d <= 3 else
+                       [f"axis {k}" for k in range(d)], {"long_name": "spatial axis"})
+            plan.variable(g, "positions", ("realization", "site", "spatial"), v,
+                          attrs={"description": "site positions r_i", "units": "length unit of "
+                                 "the lattice (model.spacing, model.box, positions_file)"})
+        elif key in ("fields", "couplings") and isinstance(v, dict):
+            if key == "couplings" and "site_j" not in made:
+                plan.coord(g, "site_j", ("site_j",), np.arange(N), {"long_name": "site index j"})
+                made.add("site_j")
+            for comp, a in v.items():
+                if key == "fields":
+                    plan.variable(g, f"field_{comp}", ("realization", "site"), a, attrs={
+                        "description": f"coefficient h^{comp}_i of sigma^{comp}_i in H",
+                        "units": "E"})
+                else:
+                    plan.variable(g, f"coupling_{comp}", ("realization", "site", "site_j"), a,
+                                  attrs={"description": f"coefficient J^{comp}_ij of sigma^a_i "
+                                         "sigma^b_j in H (i < j; stored symmetric)",
+                                         "units": "E"})
+        elif key == "cluster_of_site":
+            v = np.asarray(v, dtype=np.int64)
+            plan.coord(g, "offset", ("offset",), np.arange(v.shape[1]),
+                       {"long_name": "cluster partition index (into method.offsets)"})
+            plan.variable(g, key, ("realization", "offset", "site"), v, attrs={
+                "description": "index of the cluster holding each site (the CTWA partition)"})
+        elif isinstance(v, np.ndarray) and v.ndim and v.shape[0] == R and v.dtype.kind in "biuf":
+            plan.variable(g, key, dims_for(key, v.shape), v)
+
+
+def build_plan(result, writer, mpi_size):
+    plan = _Plan()
+    plan.ops.append(("attrs", "/", root_attrs(result, writer)))
+    plan.coord("", "time", ("time",), result.times, TIME_ATTRS)
+    real_index = realization_index(result)
+    _output_groups(plan, "/observables", result.outputs, result.times, real_index,
+                   "/realizations")
+    if result.moments is not None:
+        _moments(plan, result, mpi_size, real_index)
+    if result.exact is not None:
+        _output_groups(plan, "/exact", result.exact, result.times, real_index, exact=True)
+    _disorder(plan, result, real_index)
+    return plan
+
+
+# -- xarray ---------------------------------------------------------------------------------
+def outputs_from_load(data):
+    """RunResult-style output dicts (and the exact ones) from :func:`load`."""
+    outs, exact = {}, {}
+    for grp, target in (("observables", outs), ("exact", exact)):
+        for name, o in data[grp].items():
+            ga = data["group_attrs"][f"{grp}/{name}"]
+            real = data["realizations"].get(name, {}) if grp == "observables" else {}
+            target[name] = dict(o, labels=ga.get("labels") or [], kind=ga.get("kind", "direct"),
+                                description=ga.get("description", ""),
+                                real_mean=real.get("mean", o.get("per_realization")),
+                                real_stderr=real.get("stderr"))
+    return outs, exact or None
+
+
+def to_dataset(times, outputs, exact, attrs, real_index):
+    """The xarray.Dataset of :func:`ctwa_hpc.io.to_xarray` from RunResult-style outputs."""
+    import xarray as xr
+    ds = xr.Dataset(coords={"time": ("time", np.asarray(times), TIME_ATTRS),
+                            "realization": ("realization", np.asarray(real_index))})
+    n_sites = None
+    for src, is_exact in ((outputs, False), (exact or {}, True)):
+        for name, o in src.items():
+            mean = np.asarray(o["mean"])
+            squeeze, cdims, coords = component_axes(name, o["kind"], o["labels"], mean.shape[1:])
+            ren = {}
+            for c, cd, vals, ca in coords:
+                if c == "site" and np.array_equal(vals, np.arange(len(vals))) and \
+                        n_sites in (None, len(vals)):
+                    n_sites = len(vals)
+                    ren[c] = c
+                elif not (c == "label" and ren.get("site") == "site"):
+                    ren[c] = f"{name}_{c}"
+            dims = tuple(ren.get(d, d) for d in cdims)
+            for c, cd, vals, ca in coords:
+                if c in ren and ren[c] not in ds.coords:
+                    ds.coords[ren[c]] = (tuple(ren.get(d, d) for d in cd), np.asarray(vals), ca)
+            fix = (lambda a: np.asarray(a).reshape(np.shape(a)[:-1])) if squeeze else np.asarray
+            units = value_units(name, o["kind"])
+            va = {"long_name": o["description"], "units": units}
+            prefix = f"{name}_exact" if is_exact else name
+            se, se_key = o.get("stderr"), "stderr"
+            if se is None:
+                se, se_key = o.get("stderr_disorder"), "stderr_disorder"
+            if se is None:
+                se, se_key = np.zeros_like(mean), None
+            td = ("time",) + dims
+            ds[prefix if is_exact else f"{name}_mean"] = (td, fix(mean), va)
+            ds[f"{prefix}_stderr"] = (td, fix(se), {"units": units, "description": STDERR.get(
+                se_key, "no statistical error (exact, one realization)")})
+            if o.get("stderr_within") is not None:
+                ds[f"{prefix}_stderr_within"] = (td, fix(o["stderr_within"]),
+                                                 {"units": units,
+                                                  "description": STDERR["stderr_within"]})
+            if o.get("real_mean") is not None:
+                ds[f"{prefix}_realization_mean"] = (("realization",) + td, fix(o["real_mean"]),
+                                                    va)
+            if o.get("real_stderr") is not None:
+                ds[f"{prefix}_realization_stderr"] = (
+                    ("realization",) + td, fix(o["real_stderr"]),
+                    {"units": units, "description": STDERR["realization_stderr"]})
+    ds.attrs.update({k: v for k, v in attrs.items()
+                     if isinstance(v, (str, int, float, bool, np.integer, np.floating))})
+    return ds
