@@ -1,7 +1,9 @@
 # ctwa-hpc: install, build, run, test, benchmark.
 #   make run        install everything (first time) and run the default job (jobs/tfim4.toml)
 #   make test       install everything and run the test suite (MPI cases included)
-#   make bench      kernel benchmark (ratios vs NumPy path and single-core dgemm)
+#   make bench      kernel benchmark (ratios vs NumPy path and the best single-core dgemm)
+#   make bench-threads  OpenMP threads 1, 2 and hybrid MPI x OpenMP (an OpenMP build of the
+#                   kernels in build/omp; the tree's own build is left alone)
 #   make bench-mpi  strong/weak scaling 1 -> 2 ranks
 #   make test-slurm submit a small job script to a local single-node SLURM (needs root)
 #   make figures    the paper's figures 4-9 (+ discrete sampling) into figures/, < 30 min here
@@ -26,7 +28,7 @@ export OMP_NUM_THREADS ?= 1
 export OPENBLAS_NUM_THREADS ?= 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all install build run test test-fast test-mpi test-slurm bench bench-mpi figures clean distclean
+.PHONY: all install build run test test-fast test-mpi test-slurm bench bench-threads bench-mpi figures clean distclean
 
 all: build
 
@@ -65,6 +67,14 @@ test-slurm: build
 
 bench: build
 	$(PY) -m ctwa_hpc bench --json bench.json
+
+OMP_DIR := build/omp
+bench-threads: build
+	rm -rf $(OMP_DIR) && mkdir -p $(OMP_DIR)
+	cp -r ctwa_hpc $(OMP_DIR)/ && rm -f $(OMP_DIR)/ctwa_hpc/_kernels/*.so
+	CTWA_ARCH=$(ARCH) CTWA_OPENMP=1 $(PY) setup.py -q build_ext --build-lib $(OMP_DIR) --build-temp $(OMP_DIR)-tmp
+	cd $(OMP_DIR) && $(abspath $(PY)) -m ctwa_hpc bench --case heis64_c4 --threads 1,$(NP) \
+	  --json $(CURDIR)/bench-threads.json
 
 bench-mpi: build
 	$(PY) -m ctwa_hpc.bench_mpi

@@ -7,7 +7,19 @@ clusters) and reports
 * **strong scaling**: a fixed total number of samples on 1 and 2 ranks (speed-up, efficiency);
 * **weak scaling**: samples ∝ ranks (efficiency = t₁ / t_P);
 * **correctness**: 8 ranks (oversubscribed on a small machine) give the same means as 1 rank
-  (not a speed measurement).
+  (not a speed measurement);
+* **scale** (``--scale-ranks``, default 1, 2, 4, 8, 16, 32; oversubscribed here): one fixed job
+  (8 realizations of the N = 16 chain, 64 work blocks, 101 output times) per rank count, with
+  peak RSS per rank, output bytes, checkpoint bytes per save, restart time (the checkpoint
+  load of ``--resume`` after a stop at one block per rank) and the busy-time imbalance.
+  Quantities that grow with P today (``/partial`` in the output, the checkpoint, the
+  restart's file reads) are reported as measured.
+
+Each rank of the scale runs is launched through this module (``python -m ctwa_hpc.bench_mpi
+_rank PREFIX run ...``): it runs the ordinary command line and writes ``PREFIX.rank<k>.json``
+with its ``ru_maxrss``, the duration and bytes of every checkpoint save, the duration of the
+checkpoint start (load and adopt), the pre-flight estimate and the load balance.  Nothing in
+the production code paths is changed by it.
 
 Times are the run's own ``wall_time_s`` (sampling, integration, reduction; the HDF5 write and
 interpreter start-up are excluded) and the launch-to-exit time of the whole command; each
@@ -19,6 +31,7 @@ printed too).  Prints a table and writes JSON (``--json``).
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import platform
@@ -90,12 +103,27 @@ def main(argv=None):
     ap.add_argument("--check-ranks", type=int, default=8, help="ranks of the correctness run")
     ap.add_argument("--quick", action="store_true", help="small workload (a smoke test)")
     ap.add_argument("--json", default="bench_mpi.json", help="JSON report path")
+    ap.add_argument("--scale-ranks", default="1,2,4,8,16,32",
+                    help="rank counts of the scale table (comma separated; '' to skip)")
+    ap.add_argument("--scale-only", action="store_true", help="only the scale table")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "_rank":
+        return rank_main(argv[1:])
     a = ap.parse_args(argv)
     if a.quick:
         a.samples, a.t_max, a.repeat = 2048, 2.0, 1
     if shutil.which("mpirun") is None:
         print("bench_mpi: mpirun not found", file=sys.stderr)
         return 1
+    scale_ranks = [int(x) for x in a.scale_ranks.split(",") if x.strip()]
+    if a.scale_only:
+        rep = {"host": platform.node(), "cpus": os.cpu_count(),
+               "scale": scale_table(scale_ranks)}
+        print_scale(rep["scale"])
+        with open(a.json, "w") as fh:
+            json.dump(rep, fh, indent=1)
+        print(f"wrote {a.json}")
+        return 0 if all(r["ok"] for r in rep["scale"]["rows"]) else 1
     from . import kernels, parallel
     report = {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
               "mpi_library": parallel.library_version(), "backend": kernels.resolve_backend("auto"),
@@ -131,10 +159,15 @@ def main(argv=None):
                                      ok=bool(max_diff(d1, d8) < 1e-12))
     report["load_average_after"] = os.getloadavg()[0]
     print_table(report)
+    ok = report["correctness"]["ok"]
+    if scale_ranks:
+        report["scale"] = scale_table(scale_ranks)
+        print_scale(report["scale"])
+        ok = ok and all(r["ok"] for r in report["scale"]["rows"])
     with open(a.json, "w") as fh:
         json.dump(report, fh, indent=1)
     print(f"wrote {a.json}")
-    return 0 if report["correctness"]["ok"] else 1
+    return 0 if ok else 1
 
 
 def print_table(rep):
@@ -154,6 +187,182 @@ def print_table(rep):
     c = rep["correctness"]
     print(f"correctness: {c['ranks']} ranks (oversubscribed) vs 1 rank, {c['samples']} samples: "
           f"max |Δmean| = {c['max_diff_vs_1']:.2e} -> {'OK' if c['ok'] else 'FAIL'}")
+
+
+
+# -- scale table -------------------------------------------------------------------------------
+SCALE_JOB = ["--set", "disorder.realizations=8", "--set", "method.samples=256",
+             "--set", "method.batch=32", "--set", "time.t_max=2.0",
+             "--set", "time.output_dt=0.02",
+             "--set", 'observables.names=["mz_staggered", "sz", "czz_connected"]',
+             "--set", "output.compare_exact=false", "--set", "output.progress_every_s=1e9"]
+
+
+def rank_main(argv):
+    """One rank of a scale run: ``PREFIX ctwa-hpc-arguments ...``; writes PREFIX.rank<k>.json."""
+    import resource
+
+    from . import checkpoint, cli, parallel, preflight, runner
+    prefix, args = argv[0], argv[1:]
+    rep = {"saves": [], "start_s": None, "estimate": None, "load_balance": None}
+    start, save = checkpoint.Checkpoint.start, checkpoint.Checkpoint.save
+    estimate, balance = preflight.estimate, runner.Progress.balance
+    finalize = parallel.finalize_and_exit
+
+    def timed_start(self, *a, **k):
+        t0 = time.perf_counter()
+        try:
+            return start(self, *a, **k)
+        finally:
+            rep["start_s"] = time.perf_counter() - t0
+
+    def timed_save(self, own, moments):
+        t0 = time.perf_counter()
+        save(self, own, moments)
+        path = self._file(self.generation, self.comm.rank)
+        rep["saves"].append(dict(seconds=time.perf_counter() - t0,
+                                 bytes=os.path.getsize(path) if os.path.exists(path) else 0))
+
+    def kept_estimate(*a, **k):
+        est = estimate(*a, **k)
+        rep["estimate"] = {k: v for k, v in est.items() if k != "calibration"}
+        return est
+
+    def kept_balance(self, loop):
+        rep["load_balance"] = balance(self, loop)
+        rep["busy_s"], rep["idle_s"] = loop.busy, loop.idle
+        return rep["load_balance"]
+
+    def write(code):
+        rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "0")))
+        rep.update(rank=rank, code=code,
+                   maxrss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        with open(f"{prefix}.rank{rank}.json", "w") as fh:
+            json.dump(rep, fh)
+
+    def final(comm, code):
+        write(code)
+        finalize(comm, code)
+
+    checkpoint.Checkpoint.start, checkpoint.Checkpoint.save = timed_start, timed_save
+    preflight.estimate, runner.Progress.balance = kept_estimate, kept_balance
+    parallel.finalize_and_exit = final
+    code = cli.main(args)
+    write(code)
+    return code
+
+
+def _launch_ranks(n, prefix, args, extra_env=None, timeout=900):
+    """``mpirun -n n`` of the rank wrapper; (exit code, seconds, [per-rank reports], stderr)."""
+    for old in glob.glob(glob.escape(prefix) + ".rank*.json"):
+        os.remove(old)
+    cmd = ["mpirun", "-n", str(n), sys.executable, "-m", "mpi4py", "-m", "ctwa_hpc.bench_mpi",
+           "_rank", prefix, "run", CONFIG, *args]
+    env = {**os.environ, **MPI_ENV, **(extra_env or {}),
+           "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+    wall = time.perf_counter() - t0
+    reps = []
+    for k in range(n):
+        path = f"{prefix}.rank{k}.json"
+        if os.path.exists(path):
+            with open(path) as fh:
+                reps.append(json.load(fh))
+    return r.returncode, wall, reps, r.stderr
+
+
+def scale_table(ranks, job=None):
+    """The fixed job on every rank count of ``ranks``: a dict with one row per count."""
+    from . import io
+    job = list(job or SCALE_JOB)
+    rows = []
+    ref = None
+    with tempfile.TemporaryDirectory(prefix="ctwa-scale-") as tmp:
+        for n in ranks:
+            out, cut = os.path.join(tmp, f"full{n}.h5"), os.path.join(tmp, f"cut{n}.h5")
+            prefix = os.path.join(tmp, f"r{n}")
+            code, wall, reps, err = _launch_ranks(n, prefix, ["-o", out, "--force", "-q", *job])
+            row = dict(ranks=n, ok=code == 0 and len(reps) == n, command_s=wall)
+            if not row["ok"]:
+                row["error"] = err[-2000:]
+                rows.append(row)
+                continue
+            data = io.load(out)
+            ref = ref or data
+            rss = np.array([r["maxrss"] for r in reps], dtype=float)
+            saves = [s for r in reps for s in r["saves"]]
+            est = next((r["estimate"] for r in reps if r.get("estimate")), None) or {}
+            lb = next((r["load_balance"] for r in reps if r.get("load_balance")), None) or {}
+            row.update(rss_max=float(rss.max()), rss_median=float(np.median(rss)),
+                       rss_rank0=float(rss[0]), output_bytes=os.path.getsize(out),
+                       partial_bytes=int(sum(np.asarray(v).nbytes for v in
+                                             data.get("partial", {}).values())),
+                       ckpt_rank_bytes=float(np.median([s["bytes"] for s in saves])),
+                       ckpt_save_bytes=float(np.median([s["bytes"] for s in saves]) * n),
+                       ckpt_save_s=float(max(s["seconds"] for s in saves)),
+                       est_memory=est.get("memory_per_rank"), est_output=est.get("output"),
+                       est_ckpt_save=est.get("checkpoint_per_save"), est_time=est.get("time_s"),
+                       wall_s=float(data["attrs"]["wall_time_s"]),
+                       imbalance=lb.get("imbalance"), busy_max=lb.get("max"),
+                       max_diff_vs_first=_max_diff(ref, data))
+            # restart: stop after one block per rank, then time the checkpoint start of --resume
+            code_b, _, _, err_b = _launch_ranks(
+                n, prefix, ["-o", cut, "--force", "-q", *job],
+                extra_env={"CTWA_TEST_STOP_AFTER_BLOCKS": "1"})
+            if code_b != 3:
+                row.update(ok=False, error=f"interrupted run: exit {code_b}\n{err_b[-2000:]}")
+                rows.append(row)
+                continue
+            code_c, wall_c, reps_c, err_c = _launch_ranks(n, prefix,
+                                                          ["-o", cut, "--resume", "-q", *job])
+            starts = [r["start_s"] for r in reps_c if r.get("start_s") is not None]
+            row.update(resume_command_s=wall_c, restart_s=float(max(starts)) if starts else None,
+                       ckpt_files_read=n * (1 + 1.0 / n) if starts else None,
+                       resume_ok=code_c == 0)
+            if code_c == 0:
+                row["resume_max_diff"] = _max_diff(data, io.load(cut))
+            else:
+                row.update(ok=False, error=f"resume: exit {code_c}\n{err_c[-2000:]}")
+            rows.append(row)
+    return {"job": " ".join(job), "config": os.path.relpath(CONFIG, ROOT), "rows": rows}
+
+
+def _max_diff(a, b):
+    worst = 0.0
+    for g in ("observables", "realizations"):
+        for name, grp in a[g].items():
+            for key, x in grp.items():
+                with np.errstate(invalid="ignore"):
+                    d = np.abs(np.asarray(x) - np.asarray(b[g][name][key]))
+                if d.size:
+                    worst = max(worst, float(np.nanmax(d)))
+    return worst
+
+
+def _mb(x):
+    return "-" if x is None else f"{x / 2**20:.1f}"
+
+
+def print_scale(rep):
+    print(f"scale: {rep['config']} {rep['job']}")
+    print(f"{'ranks':>5s} {'RSS max':>8s} {'RSS med':>8s} {'est mem':>8s} {'output':>8s} "
+          f"{'partial':>8s} {'est out':>8s} {'ckpt/sv':>8s} {'est ck':>8s} {'restart':>8s} "
+          f"{'cmd':>6s} {'imbal':>6s} {'Δ vs 1':>8s}")
+    print(f"{'':5s} {'[MiB]':>8s} {'[MiB]':>8s} {'[MiB]':>8s} {'[MiB]':>8s} {'[MiB]':>8s} "
+          f"{'[MiB]':>8s} {'[MiB]':>8s} {'[MiB]':>8s} {'[s]':>8s} {'[s]':>6s} {'':>6s}")
+    for r in rep["rows"]:
+        if not r["ok"] and "rss_max" not in r:
+            print(f"{r['ranks']:5d} FAILED: {r.get('error', '')[:300]}")
+            continue
+        rs = "-" if r.get("restart_s") is None else f"{r['restart_s']:.3f}"
+        imb = "-" if r.get("imbalance") is None else f"{100 * r['imbalance']:.0f}%"
+        print(f"{r['ranks']:5d} {_mb(r['rss_max']):>8s} {_mb(r['rss_median']):>8s} "
+              f"{_mb(r['est_memory']):>8s} {_mb(r['output_bytes']):>8s} "
+              f"{_mb(r['partial_bytes']):>8s} {_mb(r['est_output']):>8s} "
+              f"{_mb(r['ckpt_save_bytes']):>8s} {_mb(r['est_ckpt_save']):>8s} {rs:>8s} "
+              f"{r['command_s']:6.1f} {imb:>6s} {r['max_diff_vs_first']:8.1e}"
+              + ("" if r["ok"] else f"  FAILED: {r.get('error', '')[:200]}"))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ output path); stale temporaries (``*.tmp*``) found at the start are removed.
 """
 from __future__ import annotations
 
-import copy
 import glob
 import hashlib
 import json
@@ -184,11 +183,11 @@ def remove_stale_temporaries(directory):
 def _checksum(config_hash_, generation, rank, items, arrays):
     h = hashlib.sha256()
     h.update(f"{FORMAT}:{config_hash_}:{int(generation)}:{int(rank)}:".encode())
-    h.update(memoryview(np.ascontiguousarray(items, dtype=np.int64)).cast("B"))
+    h.update(np.ascontiguousarray(items, dtype=np.int64).reshape(-1).view(np.uint8))
     for k in sorted(arrays):
         a = np.ascontiguousarray(arrays[k], dtype=np.float64)
         h.update(f"{k}{a.shape}".encode())
-        h.update(memoryview(a).cast("B"))
+        h.update(a.reshape(-1).view(np.uint8))
     return h.hexdigest()
 
 
@@ -263,8 +262,8 @@ class Checkpoint:
         if os.path.isdir(self.dir):
             for p in remove_stale_temporaries(self.dir):
                 log.info("removed stale temporary %s", p)
-            failed = _read_json(self._failed_path()) if os.path.exists(self._failed_path()) \
-                else None
+            failed = (_read_json(self._failed_path()) or {}) \
+                if os.path.exists(self._failed_path()) else None
             if not os.path.exists(self._manifest_path()):
                 self._fresh(f"checkpoint {self.dir} has no manifest (the run was stopped before "
                             "its first checkpoint was complete; no finished work in it)")
@@ -297,7 +296,6 @@ class Checkpoint:
                     if failed is not None:
                         log.warning("checkpoint %s: the previous attempt failed (%s); "
                                     "continuing it", self.dir, failed.get("message", "?"))
-                        _remove_quietly(self._failed_path())
                     return None, man["generation"], man["size"]
         elif resume:
             log.info("no checkpoint in %s: starting from the beginning", self.dir)
@@ -414,9 +412,9 @@ class Checkpoint:
         done_all, own = set(done or ()), []
         local_err = None
         if old_gen is not None:
-            adopted = copy.deepcopy(moments)
-            for a in adopted.arrays().values():
-                a[...] = 0.0
+            # sums go straight into ``moments``: on any error every rank raises and the run
+            # stops, so a partly merged state is never used
+            target = moments.arrays()
             try:
                 for k in sorted(sizes):
                     if k % comm.size != comm.rank:
@@ -426,14 +424,13 @@ class Checkpoint:
                         raise ValueError(f"checkpoint file g{old_gen}.rank{k}.npz changed while "
                                          "being read")
                     own.extend(items.tolist())
-                    for key, a in adopted.arrays().items():
+                    for key, a in target.items():
                         a[...] += arrays[key]
             except ValueError as exc:
                 local_err = f"checkpoint {self.dir} (rank {comm.rank}): {exc}"
             errs = [e for e in comm.allgather(local_err) if e]
             if errs:
                 raise CheckpointError(errs[0])
-            moments.merge(adopted)
             self.generation = old_gen + 1
         self.own = own
         self.save(own, moments)  # this generation's file exists from the start
@@ -446,6 +443,7 @@ class Checkpoint:
             for path in glob.glob(os.path.join(glob.escape(self.dir), "g*.rank*.npz")):
                 if not os.path.basename(path).startswith(f"g{self.generation}."):
                     os.remove(path)
+            _remove_quietly(self._failed_path())  # this attempt took over
         if old_gen is not None and comm.rank == 0:
             log.info("resumed from %s: %d of %d work blocks already done", self.dir,
                      len(done_all), self.n_items)

@@ -3,6 +3,7 @@
     ctwa-hpc run CONFIG.toml [-o OUT.h5] [--set section.key=value ...] [--force] [--resume] [-q]
     ctwa-hpc exact CONFIG.toml [-o OUT.h5] [--set ...] [--force]
     ctwa-hpc bench [--quick] [--json PATH]
+    ctwa-hpc estimate CONFIG.toml [--set ...] [--ranks P] [--ranks-per-node L]  (pre-flight)
     ctwa-hpc info OUT.h5                                  (layout, config, provenance)
     ctwa-hpc merge A.h5 B.h5 ... -o C.h5 [--force]        (jobs over disjoint ranges)
     ctwa-hpc check-dt CONFIG.toml [--samples S] [--realizations R] [--set ...]
@@ -28,8 +29,9 @@ An error on one rank only (e.g. the config file not visible on one node) stops e
 within seconds, and its message is printed.  Signals: send SIGUSR1 to ``mpirun`` (it forwards
 it to every rank) or SIGTERM to the ranks themselves (``srun``/``scancel --signal``), as
 ``jobs/single.slurm`` does; SIGTERM or SIGINT to ``mpirun`` itself makes Open MPI kill the
-ranks after forwarding, and ``mpirun`` then exits 1 whatever the ranks return (the checkpoint
-is saved if the ranks got the time to write it).
+ranks: it forwards SIGTERM, SIGKILLs them 1 s later (``odls_base_sigkill_timeout``) and exits
+1 whatever they return; Open MPI 4.1 refuses to forward SIGTERM as an ordinary signal
+(``ess_base_forward_signals``).  The checkpoint is saved if the ranks got the time to write it.
 """
 from __future__ import annotations
 
@@ -67,6 +69,9 @@ def build_parser():
     _common(p)
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     p.add_argument("--backend", choices=["auto", "cython", "numpy"], help="kernel backend")
+    p.add_argument("--ignore-limits", action="store_true", help="start even when the "
+                   "pre-flight estimate exceeds the memory limit per rank or a year of run "
+                   "time (--force only overwrites the output)")
     p = sub.add_parser("exact", help="exact dynamics for the same config (N <= 20)")
     _common(p)
     p = sub.add_parser("bench", help="kernel benchmark (sample-steps/s, GFLOP/s vs dgemm)")
@@ -75,6 +80,10 @@ def build_parser():
         bench.add_arguments(p)
     except ImportError:  # pragma: no cover
         pass
+    p = sub.add_parser("estimate", help="pre-flight estimate: memory per rank, output and "
+                       "checkpoint size, run time (nothing is run)")
+    from . import preflight
+    preflight.add_arguments(p)
     p = sub.add_parser("info", help="layout, config and provenance of an output file")
     p.add_argument("path")
     p = sub.add_parser("merge", help="merge jobs over disjoint realizations or sample ranges")
@@ -131,6 +140,9 @@ def main(argv=None):
     if args.command == "bench":
         from . import bench
         return bench.main(args) or 0
+    if args.command == "estimate":
+        from . import preflight
+        return preflight.estimate_command(args)
     if args.command == "info":
         from . import io
         return io.info_command(args, print_summary)
@@ -145,6 +157,13 @@ def main(argv=None):
     from . import parallel
     comm = parallel.get_comm()
     code = run_command(args, comm)
+    if _HARD_EXIT is not None:
+        # a failed HDF5 write leaves h5py objects whose cleanup can segfault (HDF5 after
+        # ENOSPC): leave without running finalizers; the message is printed, the checkpoint
+        # kept and the temporaries removed already
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     if code and comm.size > 1:
         # every rank has the same code: leave cleanly instead of python -m mpi4py's MPI_Abort
         parallel.finalize_and_exit(comm, code)
@@ -199,9 +218,11 @@ def _setup(args, comm):
         guards.check_output_path(cfg["output"]["path"], args.config)
         guards.check_time_grid(cfg)
         sim = Simulation(cfg, comm, backend=getattr(args, "backend", None), quiet=args.quiet)
+        mbytes = guards.check_simulation(sim)  # model/observable errors with their field
         if sim.method != "exact":
             sim.backend_used()  # method.backend = "cython" without a build fails here
-        mbytes = guards.check_simulation(sim)
+            from . import preflight  # estimate and refusal before any O(work) step
+            preflight.gate(sim, comm, ignore=getattr(args, "ignore_limits", False))
     except (ValueError, ArithmeticError, FileExistsError, RuntimeError, ImportError,
             OSError) as exc:
         return cfg, sim, 0, _message(exc), 2
@@ -228,11 +249,17 @@ def _report_setup_failures(comm, gathered):
     return max(c for _, _, c in bad)
 
 
+_HARD_EXIT = None
+
+
 def _die(comm, exc, ck, path, lock, writing=False):
     """An error during the work or the write: message, checkpoint marked, abort all ranks."""
-    from . import guards
+    global _HARD_EXIT
+    from . import guards, parallel
+    if writing:  # keep the failed h5py objects alive until os._exit (see main)
+        _HARD_EXIT = exc
     code = 2 if isinstance(exc, (ValueError, ArithmeticError)) and not writing else 1
-    if code == 1 and not isinstance(exc, OSError):
+    if code == 1 and not isinstance(exc, (OSError, RuntimeError) if writing else OSError):
         import traceback
         traceback.print_exc()
     where = f" (rank {comm.rank})" if comm.size > 1 else ""
@@ -249,10 +276,7 @@ def _die(comm, exc, ck, path, lock, writing=False):
         guards.remove_output_temporaries(path)
         if lock is not None:
             lock.release()
-    if comm.size > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        comm.Abort(code)  # other ranks may be waiting inside a collective
+    parallel.abort(comm, code)  # other ranks may be waiting inside a collective
     return code
 
 
@@ -274,15 +298,22 @@ def run_command(args, comm=None):
 
 
 def _run(args, comm, flag):
-    from . import guards
+    from . import checkpoint, guards
+    from . import parallel
     cfg, sim, mbytes, err, code = _setup(args, comm)
-    gathered = comm.allgather((err, code)) if comm.size > 1 else [(err, code)]
+    gathered = parallel.agree(comm, (err, code))
     code = _report_setup_failures(comm, gathered)
     if code:
         return code
     exact_run = sim.method == "exact"
     if exact_run:
         flag.restore()  # no checkpoint: stop signals keep their default action
+        stopped = comm.allreduce(int(flag.reason is not None)) if comm.size > 1 \
+            else int(flag.reason is not None)
+        if stopped:
+            if comm.rank == 0:
+                log.warning("stop requested before the exact run started: nothing done")
+            return checkpoint.EXIT_INTERRUPTED
     path = cfg["output"]["path"]
     lock, decision = None, None
     if comm.rank == 0:

@@ -127,6 +127,8 @@ SCHEMA = {
         "exact_draws": (int, 16, "exact reference of a mixed state: typical states averaged"),
         "write_partial": (bool, True, "store every rank's partial sums in /partial (size "
                           "mpi_size x /moments: switch off for runs on very many ranks)"),
+        "max_memory_gb": (float, 0.0, "pre-flight limit of the estimated memory per rank in "
+                          "GiB (0: the node's MemAvailable shared by its ranks)"),
     },
     "stop": {
         "stderr_target": (float, 0.0, "stop early once the standard error of stop.observables "

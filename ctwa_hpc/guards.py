@@ -10,8 +10,8 @@ rerun cannot get past.  The command line (:mod:`ctwa_hpc.cli`) calls these in or
    (``time.dt = 1e-12`` would need terabytes).
 3. :func:`check_simulation` (every rank, after the model is built): every time function is
    finite on the RK4 stage grid, realization 0 compiles on every cluster partition (a term
-   spanning three clusters), every requested output measures something, and the moment
-   arrays fit in memory.
+   spanning three clusters), every requested output measures something (the memory and run
+   time estimate that follows is :mod:`ctwa_hpc.preflight`).
 4. :class:`OutputLock` (rank 0): ``OUT.h5.lock``, created with ``O_CREAT | O_EXCL`` and
    holding pid, host, process start time and SLURM job id.  A second run on the same output
    is refused, naming the holder; a lock left by a dead process on this host (or by an
@@ -150,30 +150,20 @@ def check_simulation(sim):
         for part in sim.partitions(0):
             clusters.compile_problem(H, part)
             obs.compile(part)
-        n_cols = obs.n_stat_columns
-        rows = sim.n_replicas
-        n_t = len(sim.times)
-        batch = min(sim.cfg["method"]["batch"], sim.samples)
-        need = 8 * rows * n_t * (2 * n_cols + len(obs.cross)) * 3 + 8 * n_t * n_cols * batch * 3
-        budget = memory_budget()
-        if budget is not None and need > budget:
-            raise ConfigError(f"observables.names: the moment sums of this run need about "
-                              f"{_gib(need)} per rank ({rows} realizations x offsets, {n_t} "
-                              f"output times, {n_cols} columns), more than the budget "
-                              f"{_gib(budget)}; use a larger time.output_dt or fewer outputs")
-        return 8 * rows * n_t * (2 * n_cols + len(obs.cross))
+        # bytes of one copy of the moment sums (memory per rank: ctwa_hpc.preflight)
+        return 8 * sim.n_replicas * len(sim.times) * (2 * obs.n_stat_columns + len(obs.cross))
     return 0
 
 
-# -- disk --------------------------------------------------------------------------------------------
+# -- disk ----------------------------------------------------------------------------------------
 def check_free_space(path, need, what):
-    """ValueError if the directory of ``path`` has less than ``need`` bytes free (+5 %, 1 MiB)."""
+    """ValueError if the directory of ``path`` has less than ``need`` bytes free (+5 %, 64 KiB)."""
     d = os.path.dirname(os.path.abspath(path))
     try:
         free = shutil.disk_usage(d).free
     except OSError:
         return
-    want = int(1.05 * need) + 2**20
+    want = int(1.05 * need) + 2**16
     if free < want:
         raise ValueError(f"output.path: only {free / 2**20:.3g} MiB free in {d}, {what} needs "
                          f"about {want / 2**20:.3g} MiB")
@@ -204,7 +194,7 @@ def result_bytes(result, mpi_size):
     return total + 8 * len(result.times) + 256 * 1024
 
 
-# -- lock --------------------------------------------------------------------------------------------
+# -- lock ----------------------------------------------------------------------------------------
 def _proc_start(pid):
     """Start time of a local process in clock ticks (None when unknown)."""
     try:
@@ -221,8 +211,18 @@ def _alive(pid, start):
         return False
     except PermissionError:
         pass
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            if fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return False  # exited, not yet reaped
+    except (OSError, IndexError):
+        pass
     now = _proc_start(pid)
     return start is None or now is None or now == start
+
+
+def _local(h):
+    return h.get("host") == socket.gethostname() and isinstance(h.get("pid"), int)
 
 
 class OutputLock:
@@ -264,7 +264,8 @@ class OutputLock:
         d = os.path.dirname(self.path)
         if not os.path.isdir(d):
             raise ValueError(f"output.path: directory {d} does not exist")
-        for _ in range(50):
+        grace = time.monotonic() + 1.5  # an aborted holder may take a moment to exit
+        for _ in range(100):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
@@ -277,8 +278,8 @@ class OutputLock:
                     except FileNotFoundError:
                         pass
                     continue
-                if h is None:
-                    time.sleep(0.2)
+                if h is None or (_local(h) and time.monotonic() < grace):
+                    time.sleep(0.1)  # being written, or the holder is just exiting (aborted)
                     continue
                 raise ValueError(f"output.path: {self.output} is in use by another run "
                                  f"({_describe(h)}); wait for it to finish, or delete "

@@ -20,6 +20,21 @@ compiled path consumes the tables built (and cached) by :func:`compile_tables`:
 * ``dex`` / ``oex``: the Weyl symbols of the coupling operators / of the observable entries,
   grouped by (cluster, mask) and visited by Hermitian pairs (b, b ^ m).
 
+* ``dense``: the *dense-coupling path*.  The coupling graph of the coupling operators splits
+  into connected components ("blocks"; e.g. XXZ: the σx, σy and σz operators of all sites
+  form three blocks).  A block whose coupling matrix is dense (density ≥ ``DENSE_THRESHOLD``,
+  at least ``DENSE_MIN_OPS`` operators) gets its mean fields as a matrix product
+  F = Σ_g f_g(t) M_g E (one matrix M_g per time-function group g present in the block),
+  computed for a super-chunk of samples at every RK4 stage; the other operators keep the
+  per-coupling (sparse) programs.  ``fields="auto"`` (default) decides per block by density,
+  ``"dense"`` makes every block with couplings dense, ``"sparse"`` none.  Both paths give the
+  same trajectories up to rounding (``tests/test_kernels_dense.py``).
+
+``precision="single"`` runs the float32 kernel (``gp_rk4*_f32``): twice the SIMD lanes,
+float32 state, coefficients, Weyl symbols and fields; the observable columns are accumulated
+in double and returned as float64 (their sample averages are taken in double by the caller).
+The NumPy backend is double only.
+
 See the docstring of ``cython_kernels/gp_rk4.pyx`` for the kernel itself.
 """
 from __future__ import annotations
@@ -32,6 +47,19 @@ import numpy as np
 from . import dynamics
 
 BACKENDS = ("auto", "cython", "numpy")
+PRECISIONS = ("double", "single")
+FIELDS = ("auto", "sparse", "dense")
+DENSE_THRESHOLD = 0.3
+"""Density (non-zero entries / n²) from which a coupling block takes the dense path
+(``fields="auto"``).  Measured with :func:`ctwa_hpc.bench.dense_crossover` (power-law XXZ
+chain with a random fraction of its couplings, pair clusters, AVX-512, double, one core):
+dense / sparse rate 0.69 at density 0.2, 0.96 at 0.3, 1.42 at 0.5, 2.7 at 1 (N = 256) and
+0.62, 1.05, 1.68 at 0.2, 0.3, 0.5 (N = 1024): the paths cost the same at ≈ 0.3."""
+DENSE_MIN_OPS = 12
+"""Smallest block (coupling operators) that takes the dense path under ``fields="auto"``."""
+DENSE_ROWS, DENSE_COLS, DENSE_GROUP = 6, 128, 32
+"""Packing of a dense matrix (``CTWA_MR``, ``CTWA_KC``, ``CTWA_MC`` of the kernel): panels of
+6 rows, slices of 128 columns, groups of 32 panels."""
 
 try:  # pragma: no cover - depends on the build
     from ._kernels import gp_rk4 as _gp
@@ -51,8 +79,14 @@ def compiled_info():
     if _gp is None:
         return {"compiled": False, "error": str(_IMPORT_ERROR)}
     name, vw, sw = _gp.kernel_info()
-    return {"compiled": True, "isa": name, "vector_width": vw, "chunk_width": sw,
+    info = {"compiled": True, "isa": name, "vector_width": vw, "chunk_width": sw,
             "openmp": _gp.openmp(), "cpu_level": _gp.ISA_NAMES[_gp.cpu_level()]}
+    try:
+        _, vw32, sw32 = _gp.kernel_info(precision="single")
+        info.update(single_vector_width=vw32, single_chunk_width=sw32)
+    except ImportError as exc:  # pragma: no cover - partial build
+        info.update(single_error=str(exc))
+    return info
 
 
 def resolve_backend(backend="auto"):
@@ -70,6 +104,19 @@ def resolve_backend(backend="auto"):
     if os.environ.get("CTWA_NO_CYTHON", "0") not in ("", "0") or _gp is None:
         return "numpy"
     return "cython"
+
+
+def _check_mode(which, precision, fields):
+    """Validate ``precision`` and ``fields`` for the resolved backend ``which``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"method.precision: unknown precision {precision!r} "
+                         f"(known: {list(PRECISIONS)})")
+    if fields not in FIELDS:
+        raise ValueError(f"method.fields: unknown mean-field path {fields!r} "
+                         f"(known: {list(FIELDS)})")
+    if precision == "single" and which == "numpy":
+        raise ValueError("method.precision: 'single' needs the compiled kernel (the NumPy "
+                         "backend integrates in double); build it or use precision = 'double'")
 
 
 def _check_args(problem, psi0, weights, n_steps, out_every, tf_tab, sample_ids):
@@ -100,7 +147,8 @@ def _f64(psi):
 
 
 def integrate(problem, plan, psi0, weights, t0, dt, n_steps, out_every, tf_tab,
-              sample_ids=None, backend="auto", threads=None):
+              sample_ids=None, backend="auto", threads=None, precision="double",
+              fields="auto"):
     """Integrate a batch with fixed-step RK4 and evaluate observable columns.
 
     Parameters
@@ -114,32 +162,39 @@ def integrate(problem, plan, psi0, weights, t0, dt, n_steps, out_every, tf_tab,
     sample_ids : int array (S,), global sample indices (for error messages)
     backend : "auto" | "cython" | "numpy"
     threads : int, optional — OpenMP threads of the compiled kernel (default
-        ``OMP_NUM_THREADS``; only with a ``CTWA_OPENMP=1`` build)
+        ``OMP_NUM_THREADS``; only with a ``CTWA_OPENMP=1`` build); results do not depend on it
+    precision : "double" (default) | "single" — float32 trajectories (compiled kernel only),
+        columns accumulated in double
+    fields : "auto" (default) | "sparse" | "dense" — mean fields per coupling or, for dense
+        coupling blocks, as matrix products (see the module docstring)
 
     Returns
     -------
     cols : float64 (n_out, K, S), columns at steps 0, out_every, 2 out_every, ..., n_steps
-    psi : complex128 (A, R, S), the state after n_steps
+    psi : complex128 (A, R, S), the state after n_steps (single precision: the float32
+        state, widened)
 
     Raises
     ------
     dynamics.NonFiniteError  with the first non-finite sample (global id) and its time.
     """
     which = resolve_backend(backend)
+    _check_mode(which, precision, fields)
     psi0, weights, n_steps, out_every, tf_tab, sample_ids = _check_args(
         problem, psi0, weights, n_steps, out_every, tf_tab, sample_ids)
     if which == "numpy":
-        prop = dynamics.NumpyPropagator(problem, plan, weights)
+        prop = numpy_propagator(problem, plan, weights, fields)
         return dynamics.rk4(prop, psi0, t0, dt, n_steps, out_every, tf_tab, sample_ids)
-    tables = compile_tables(problem, plan)
+    tables = compile_tables(problem, plan, fields)
     cols, psi, bad = _gp.run(tables, _f64(psi0), weights, float(dt), n_steps, out_every, tf_tab,
-                             threads=threads)
+                             threads=threads, precision=precision)
     _raise_non_finite(bad, sample_ids, t0, out_every * dt)
     return cols, _complex(psi, psi0.shape)
 
 
 def integrate_tangent(problem, plan, psi0, dpsi0, weights, t0, dt, n_steps, out_every, tf_tab,
-                      sample_ids=None, backend="auto", threads=None):
+                      sample_ids=None, backend="auto", threads=None, precision="double",
+                      fields="auto"):
     """Integrate a batch together with its tangent δψ (linear response, eqs. (12), (22)–(23)).
 
     The tangent obeys the linearized R-vector equations
@@ -147,7 +202,8 @@ def integrate_tangent(problem, plan, psi0, dpsi0, weights, t0, dt, n_steps, out_
     ``δfield = F(t)·δE`` (see :class:`ctwa_hpc.dynamics.TangentPropagator`, the NumPy
     backend); RK4 acts on the pair (ψ, δψ), every stage evaluating both right-hand sides at the
     same stage state.  ``dpsi0`` (complex, shape of ``psi0``) is typically the kick of
-    :func:`ctwa_hpc.dynamics.kick`.  Other arguments as for :func:`integrate`.
+    :func:`ctwa_hpc.dynamics.kick`.  Other arguments (``precision``, ``fields``, ...) as for
+    :func:`integrate`.
 
     Returns
     -------
@@ -160,21 +216,78 @@ def integrate_tangent(problem, plan, psi0, dpsi0, weights, t0, dt, n_steps, out_
     dynamics.NonFiniteError  with the first non-finite sample (global id) and its time.
     """
     which = resolve_backend(backend)
+    _check_mode(which, precision, fields)
     psi0, weights, n_steps, out_every, tf_tab, sample_ids = _check_args(
         problem, psi0, weights, n_steps, out_every, tf_tab, sample_ids)
     dpsi0 = np.ascontiguousarray(dpsi0, dtype=np.complex128)
     if dpsi0.shape != psi0.shape:
         raise ValueError(f"dpsi0: expected shape {psi0.shape}, got {dpsi0.shape}")
     if which == "numpy":
-        prop = dynamics.TangentPropagator(dynamics.NumpyPropagator(problem, plan, weights))
+        prop = dynamics.TangentPropagator(numpy_propagator(problem, plan, weights, fields))
         cols, (psi, dpsi) = dynamics.rk4(prop, (psi0, dpsi0), t0, dt, n_steps, out_every,
                                          tf_tab, sample_ids)
         return cols, psi, dpsi
-    tables = compile_tables(problem, plan)
+    tables = compile_tables(problem, plan, fields)
     cols, psi, dpsi, bad = _gp.run_tangent(tables, _f64(psi0), _f64(dpsi0), weights, float(dt),
-                                           n_steps, out_every, tf_tab, threads=threads)
+                                           n_steps, out_every, tf_tab, threads=threads,
+                                           precision=precision)
     _raise_non_finite(bad, sample_ids, t0, out_every * dt)
     return cols, _complex(psi, psi0.shape), _complex(dpsi, psi0.shape)
+
+
+def numpy_propagator(problem, plan, weights, fields="auto"):
+    """The NumPy twin for ``fields``: :class:`ctwa_hpc.dynamics.NumpyPropagator`, or with dense
+    blocks (as :func:`compile_tables` chooses them) :class:`DenseFieldPropagator`."""
+    if fields not in FIELDS:
+        raise ValueError(f"method.fields: unknown mean-field path {fields!r} "
+                         f"(known: {list(FIELDS)})")
+    if fields != "sparse" and any(b["dense"] for b in coupling_blocks(problem, fields)):
+        return DenseFieldPropagator(problem, plan, weights, fields)
+    return dynamics.NumpyPropagator(problem, plan, weights)
+
+
+class DenseFieldPropagator(dynamics.NumpyPropagator):
+    """NumPy twin of the dense-coupling path: the fields of the operators of a dense block
+    are ``Σ_g f_g(t) M_g @ E[block]`` with dense (n × n) matrices (NumPy's BLAS), the other
+    couplings keep the sparse matrices of :class:`~ctwa_hpc.dynamics.NumpyPropagator`."""
+
+    def __init__(self, problem, plan, weights, fields="auto"):
+        super().__init__(problem, plan, weights)
+        blocks = [b for b in coupling_blocks(problem, fields) if b["dense"]]
+        n_ops = len(problem.ops.mask)
+        lab = np.full(n_ops, -1, np.int64)
+        loc = np.zeros(n_ops, np.int64)
+        for q, blk in enumerate(blocks):
+            lab[blk["ops"]] = q
+            loc[blk["ops"]] = np.arange(len(blk["ops"]))
+        a, b, J, tf = problem.cp_a, problem.cp_b, problem.cp_J, problem.cp_tf
+        cl = lab[a]
+        self.blocks = []
+        for q, blk in enumerate(blocks):
+            n, mats = len(blk["ops"]), []
+            for g in np.unique(tf[cl == q]):
+                sel = (cl == q) & (tf == g)
+                M = np.zeros((n, n))
+                np.add.at(M, (loc[a[sel]], loc[b[sel]]), J[sel])
+                np.add.at(M, (loc[b[sel]], loc[a[sel]]), J[sel])
+                mats.append((int(g), M))
+            self.blocks.append((blk["ops"], mats))
+        import scipy.sparse as sp
+        self.F = []                               # sparse part: couplings outside the blocks
+        for g in range(-1, self.n_tf):
+            sel = (tf == g) & (cl < 0)
+            self.F.append(sp.csr_matrix((np.concatenate([J[sel], J[sel]]),
+                                         (np.concatenate([a[sel], b[sel]]),
+                                          np.concatenate([b[sel], a[sel]]))),
+                                        shape=(n_ops, n_ops)))
+
+    def field(self, E, fvals):
+        out = super().field(E, fvals)
+        f = np.concatenate([[1.0], np.asarray(fvals, float)])
+        for ops, mats in self.blocks:
+            Eb = E[ops]
+            out[ops] += sum(f[g + 1] * (M @ Eb) for g, M in mats)
+        return out
 
 
 def _raise_non_finite(bad, sample_ids, t0, out_dt):
@@ -195,13 +308,17 @@ def _complex(split, shape):
 _CACHE = OrderedDict()
 
 
-def compile_tables(problem, plan):
-    """Tables of ``(problem, plan)`` for the compiled kernel (cached per object pair)."""
-    key = (id(problem), id(plan))
+def compile_tables(problem, plan, fields="auto"):
+    """Tables of ``(problem, plan)`` for the compiled kernel (cached per object pair and
+    ``fields`` mode; see the module docstring)."""
+    if fields not in FIELDS:
+        raise ValueError(f"method.fields: unknown mean-field path {fields!r} "
+                         f"(known: {list(FIELDS)})")
+    key = (id(problem), id(plan), fields)
     hit = _CACHE.get(key)
     if hit is not None and hit[0] is problem and hit[1] is plan:
         return hit[2]
-    tables = _build_tables(problem, plan)
+    tables = _build_tables(problem, plan, fields)
     _CACHE[key] = (problem, plan, tables)
     while len(_CACHE) > 8:
         _CACHE.popitem(last=False)
@@ -227,31 +344,144 @@ def _entries_by_cluster(table, C):
     return out
 
 
-def _field_table(problem):
-    """Mean-field programs: for the coupling operators of every cluster (in entry order), the
-    (partner entry, coupling) pairs of field_o = Σ_k J_k f_k(t) E_partner; and the position of
-    every operator inside its cluster's list (the kernel keeps one cluster's fields in L1)."""
-    part = problem.partition
-    C = part.n_clusters
-    ops = problem.ops
-    by_c = _entries_by_cluster(ops, C)
-    partners = [[] for _ in range(len(ops.mask))]
-    for k, (a, b) in enumerate(zip(problem.cp_a.tolist(), problem.cp_b.tolist())):
-        partners[a].append((b, k))
-        partners[b].append((a, k))
-    local = np.zeros(len(ops.mask), np.int64)
-    c_fo, fo_ptr, fo_src, fo_k = [0], [0], [], []
-    for c in range(C):
-        for q, e in enumerate(by_c[c]):
-            local[e] = q
-            for src, k in partners[e]:
-                fo_src.append(src)
-                fo_k.append(k)
-            fo_ptr.append(len(fo_src))
-        c_fo.append(c_fo[-1] + len(by_c[c]))
+def coupling_blocks(problem, fields="auto"):
+    """The blocks of the dense path: connected components of the coupling graph.
+
+    Returns a list of dicts, one per component with couplings, in the order of their
+    smallest operator: ``ops`` (sorted entry indices into ``problem.ops``), ``density``
+    (non-zero entries of the n × n coupling matrix / n²) and ``dense`` (whether it takes the
+    dense path under ``fields``).  Vectorised (no Python loop per coupling).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    n_ops = len(problem.ops.mask)
+    a, b = problem.cp_a, problem.cp_b
+    if len(a) == 0 or fields == "sparse":
+        return []
+    g = coo_matrix((np.ones(len(a)), (a, b)), shape=(n_ops, n_ops)).tocsr()
+    _, label = connected_components(g, directed=False)
+    pair = np.unique(np.minimum(a, b) * n_ops + np.maximum(a, b))
+    n_pairs = np.bincount(label[pair // n_ops], minlength=label.max() + 1)
+    size = np.bincount(label, minlength=label.max() + 1)
+    order = np.argsort(label, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(size)])
+    out = []
+    for lab in np.unique(label[a]):          # components that carry couplings
+        ops = order[starts[lab]:starts[lab + 1]]
+        n = len(ops)
+        density = 2.0 * n_pairs[lab] / float(n * n)
+        dense = fields == "dense" or (density >= DENSE_THRESHOLD and n >= DENSE_MIN_OPS)
+        out.append(dict(ops=ops, density=density, dense=bool(dense), first=int(ops[0])))
+    out.sort(key=lambda d: d["first"])
+    return out
+
+
+def _dense_layout(problem, fields):
+    """Rows of the kernel's symbol buffer and the packed dense matrices.
+
+    Rows ``0 .. n_ops``: the Weyl symbols of the coupling operators, the operators of the
+    dense blocks first (each block contiguous), then the others in entry order (``pos[e]``
+    is the row of entry e; without dense blocks the identity).  Then the F rows of the dense
+    blocks, ``npan · DENSE_ROWS`` each (zero-padded panels).  Every (block, time-function
+    group) pair gives one matrix M_g[i, j] = Σ J_k over the couplings k of the group between
+    the block's operators i and j (both orders), packed ``[panel][column][DENSE_ROWS]``.
+    """
+    n_ops = len(problem.ops.mask)
+    blocks = [blk for blk in coupling_blocks(problem, fields) if blk["dense"]]
+    pos = np.arange(n_ops, dtype=np.int64)
+    frow = np.full(n_ops, -1, np.int64)          # F row of a dense operator
     i64 = lambda x: np.ascontiguousarray(x, dtype=np.int64)  # noqa: E731
-    return dict(c_fo=i64(c_fo), fo_ptr=i64(fo_ptr), fo_src=i64(fo_src), fo_k=i64(fo_k),
-                max_fo=int(max((len(x) for x in by_c), default=0))), local
+    packing = (DENSE_ROWS, DENSE_COLS, DENSE_GROUP)
+    empty = dict(r0=i64([]), n=i64([]), f0=i64([]), npan=i64([]), tf=i64([]), first=i64([]),
+                 off=i64([]), M=np.zeros(0), n_rows=n_ops, packing=packing, blocks=[])
+    if not blocks:
+        return pos, frow, empty
+    in_dense = np.zeros(n_ops, bool)
+    dense_ops = np.concatenate([blk["ops"] for blk in blocks])
+    in_dense[dense_ops] = True
+    row_order = np.concatenate([dense_ops, np.flatnonzero(~in_dense)])
+    pos[row_order] = np.arange(n_ops)
+    a, b, J, tf = problem.cp_a, problem.cp_b, problem.cp_J, problem.cp_tf
+    lab = np.full(n_ops, -1, np.int64)
+    loc = np.zeros(n_ops, np.int64)
+    for q, blk in enumerate(blocks):
+        lab[blk["ops"]] = q
+        loc[blk["ops"]] = np.arange(len(blk["ops"]))
+    cl = lab[a]                                   # block of each coupling (-1: sparse)
+    r0 = f0 = 0
+    f0 = n_ops
+    out = {k: [] for k in ("r0", "n", "f0", "npan", "tf", "first", "off")}
+    mats, off = [], 0
+    for q, blk in enumerate(blocks):
+        n = len(blk["ops"])
+        npan = -(-n // DENSE_ROWS)
+        frow[blk["ops"]] = f0 + np.arange(n)
+        sel = np.flatnonzero(cl == q)
+        groups = np.unique(tf[sel])
+        for gi, g in enumerate(groups):
+            s_g = sel[tf[sel] == g]
+            ia, ib = loc[a[s_g]], loc[b[s_g]]
+            flat = np.concatenate([ia * n + ib, ib * n + ia])
+            w = np.concatenate([J[s_g], J[s_g]])
+            M = np.zeros((npan * DENSE_ROWS, n))
+            M[:n] = np.bincount(flat, weights=w, minlength=n * n).reshape(n, n)
+            packed = _pack(M.reshape(npan, DENSE_ROWS, n))
+            mats.append(packed)
+            for k, v in (("r0", r0), ("n", n), ("f0", f0), ("npan", npan), ("tf", int(g)),
+                         ("first", int(gi == 0)), ("off", off)):
+                out[k].append(v)
+            off += packed.size
+        blk.update(r0=r0, f0=f0, groups=[int(g) for g in groups])
+        r0 += n
+        f0 += npan * DENSE_ROWS
+    dense = {k: i64(v) for k, v in out.items()}
+    dense.update(M=np.ascontiguousarray(np.concatenate(mats)), n_rows=int(f0), packing=packing,
+                 blocks=blocks)
+    return pos, frow, dense
+
+
+def _pack(P):
+    """Panels P (npan, DENSE_ROWS, n) in the kernel's order of use: groups of DENSE_GROUP
+    panels, slices of DENSE_COLS columns, panel, column, row (see ``dense_fields``)."""
+    npan, _, n = P.shape
+    out = []
+    for g0 in range(0, npan, DENSE_GROUP):
+        grp = P[g0:g0 + DENSE_GROUP]
+        for jc in range(0, n, DENSE_COLS):
+            out.append(grp[:, :, jc:jc + DENSE_COLS].transpose(0, 2, 1).ravel())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _field_table(problem, pos, frow):
+    """Mean-field programs: for the coupling operators of every cluster (in entry order), the
+    (partner row, coupling) pairs of field_o = Σ_k J_k f_k(t) E[partner row].  Only the
+    couplings outside the dense blocks enter, renumbered 0 .. n_cp - 1 (``cp_J``, ``cp_tf``
+    of the tables); an operator of a dense block has the one partner "its F row" with the
+    unit slot k = n_cp.  Also the position of every operator inside its cluster's list (the
+    kernel keeps one cluster's fields in L1).  Vectorised: partners in coupling order."""
+    ops = problem.ops
+    n_ops, C = len(ops.mask), problem.partition.n_clusters
+    sparse = np.flatnonzero(frow[problem.cp_a] < 0)          # couplings of the sparse path
+    n_cp = len(sparse)
+    order = np.argsort(ops.cluster, kind="stable")          # operators in (cluster, entry) order
+    rank = np.empty(n_ops, np.int64)
+    rank[order] = np.arange(n_ops)
+    per_c = np.bincount(ops.cluster, minlength=C).astype(np.int64)
+    c_fo = np.concatenate([[0], np.cumsum(per_c)]).astype(np.int64)
+    local = rank - c_fo[ops.cluster] if n_ops else np.zeros(0, np.int64)
+    k = np.arange(n_cp, dtype=np.int64)
+    ca, cb = problem.cp_a[sparse].astype(np.int64), problem.cp_b[sparse].astype(np.int64)
+    dense_ops = np.flatnonzero(frow >= 0)
+    q_all = np.concatenate([rank[ca], rank[cb], rank[dense_ops]])
+    k_all = np.concatenate([k, k, np.full(len(dense_ops), n_cp, np.int64)])
+    src_all = np.concatenate([pos[cb], pos[ca], frow[dense_ops]])
+    srt = np.lexsort((k_all, q_all))
+    fo_ptr = np.concatenate([[0], np.cumsum(np.bincount(q_all, minlength=n_ops))])
+    i64 = lambda x: np.ascontiguousarray(x, dtype=np.int64)  # noqa: E731
+    return dict(c_fo=i64(c_fo), fo_ptr=i64(fo_ptr), fo_src=i64(src_all[srt]),
+                fo_k=i64(k_all[srt]), max_fo=int(per_c.max(initial=0)),
+                cp_J=np.ascontiguousarray(problem.cp_J[sparse], np.float64),
+                cp_tf=i64(problem.cp_tf[sparse])), i64(local)
 
 
 def _row_table(problem, local):
@@ -387,19 +617,19 @@ def _exp_table(partition, table):
                 maxnp=int(max(g_np, default=0))), i64(c_g)
 
 
-def _build_tables(problem, plan):
+def _build_tables(problem, plan, fields="auto"):
     part = problem.partition
+    pos, frow, dense = _dense_layout(problem, fields)
     dex, c_ge = _exp_table(part, problem.ops)
+    dex["it_op"] = np.ascontiguousarray(pos[dex["it_op"]])   # rows of the symbol buffer
     oex, c_go = _exp_table(part, plan.ops)
-    fields, local = _field_table(problem)
-    return dict(**fields,
+    programs, local = _field_table(problem, pos, frow)
+    return dict(**programs, dense=dense, fields=fields,
         A=int(problem.n_amp), C=int(part.n_clusters), G=len(problem.tfuncs),
         K=int(plan.n_columns), n_ops=int(len(problem.ops.mask)), n_obs=int(len(plan.ops.mask)),
         Dmax=int(part.dims.max()),
         c_off=np.ascontiguousarray(part.offsets[:-1], np.int64),
         c_D=np.ascontiguousarray(part.dims, np.int64), c_ge=c_ge, c_go=c_go,
-        cp_tf=np.ascontiguousarray(problem.cp_tf, np.int64),
-        cp_J=np.ascontiguousarray(problem.cp_J, np.float64),
         col_ptr=np.ascontiguousarray(plan.col_ptr, np.int64),
         term_coef=np.ascontiguousarray(plan.term_coef, np.float64),
         term_ptr=np.ascontiguousarray(plan.term_ptr, np.int64),

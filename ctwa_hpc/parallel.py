@@ -13,6 +13,14 @@ Work split
 The runner plans all work items in one fixed global order; :func:`split_list` gives every rank
 a balanced contiguous block of that order (of the items still to do after a resume).
 
+Failures
+--------
+A failing rank must never leave the others waiting in a collective.  Errors found before the
+first collective are gathered with :func:`agree` and every rank exits with the same code;
+errors during the work (where the other ranks may be waiting in an exchange or a reduction)
+end the job with :func:`abort` (``MPI_Abort(code)``; Open MPI's ``mpirun`` then returns
+``code``).
+
 Non-blocking status exchange
 ----------------------------
 :class:`Sync` carries small status vectors (blocks and samples done, stop request, finished)
@@ -173,6 +181,21 @@ class Sync:
             return None
         self.req = None
         return self.recv.copy()
+
+
+def agree(comm, obj):
+    """Every rank's ``obj`` on every rank (``allgather``): a rank-local failure found before any
+    other collective becomes a decision all ranks take together (no rank left waiting)."""
+    return comm.allgather(obj) if comm.size > 1 else [obj]
+
+
+def abort(comm, code):
+    """End the whole job with exit ``code`` from one rank (``MPI_Abort``): for errors that
+    cannot be agreed on because other ranks may be inside a collective.  Serial: returns."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if comm.size > 1:
+        comm.Abort(code)
 
 
 def finalize_and_exit(comm, code):

@@ -10,8 +10,9 @@ P cross products, S = method.batch, P_r ranks)::
 
     moments  = 8 · R·O · (1 + n_t (2K + P))                (stats.Moments: count, s1, s2, sx)
     block    = S · (16 · A·V · 8  +  8 · n_t (K (1 + ½·antithetic) + 2P))
-    during   = base + moments + block + tables
-    rank 0   = base + 3 · moments + 2 · results (+ P_r · moments: gather writer with /partial)
+    during   = base + moments + block + tables                          (every rank)
+    rank 0   = base + 5 · moments + 3 · results + tables (+ P_r · moments: gather writer)
+    node     = rank 0 + (L − 1) · during                                 (L ranks on the node)
 
 ``base`` is this process's resident size after realization 0 was built (interpreter,
 libraries, model), A·V the amplitudes × vectors of one sample (its RK4 stages and buffers
@@ -36,10 +37,14 @@ initial condition), t_step (one RK4 step of one sample, output evaluation includ
 run's output ratio) and t_add (accumulating one sample at one output time) measured on this
 problem in at most a few seconds.  With ``stop.stderr_target`` T is an upper bound.
 
-Refusal (:func:`check`): memory per rank above the limit, which is this node's
-``MemAvailable`` (``/proc/meminfo``, lowered by a cgroup limit) divided by the ranks on this
-node, or ``output.max_memory_gb`` if smaller; or T above :data:`MAX_RUN_TIME_S`.  The
-``config.ConfigError`` names the fields to change; ``--ignore-limits`` overrides it.
+(rank 0 holds its local sums, the reduced sums, the estimator temporaries and the writer's
+copies: 5 × moments matched the measured peaks of moment-heavy runs within 10 %.)
+
+Refusal (:func:`check`): the node's need above its ``MemAvailable`` (``/proc/meminfo``,
+lowered by a cgroup limit), or the need of one rank above ``output.max_memory_gb``; or T
+above :data:`MAX_RUN_TIME_S` (one year of wall time at the requested rank count: no
+allocation grants that).  The ``config.ConfigError`` names the fields to change;
+``--ignore-limits`` overrides it.
 """
 from __future__ import annotations
 
@@ -56,10 +61,15 @@ from .config import ConfigError
 log = logging.getLogger("ctwa_hpc")
 
 YEAR_S = 365.25 * 86400.0
-MAX_RUN_TIME_S = 10 * YEAR_S       # wall time at the given rank count
+MAX_RUN_TIME_S = YEAR_S            # wall time at the given rank count: beyond any allocation
 CALIBRATION_BUDGET_S = 2.0         # target time of the timed kernel call
+SETUP_S_PER_TERM = 5e-5            # predicted set-up seconds per Hamiltonian term (measured
+                                   # 3e-5..8e-5: compile_problem + kernel tables, N = 1e5)
+TABLE_BYTES_PER_TERM = 400         # compiled tables per term when not built (measured ~350)
+CALIBRATION_FRACTION = 1e-4       # of the run-time lower bound the calibration may take
+MIN_AMP_STEP_S = 1e-9              # lower bound: one RK4 step of one amplitude (4 stages)
 PSI_COPIES = 8                     # psi0, psi, RK4 stages k1..k4, stage argument, result
-ROOT_MOMENT_COPIES = 3             # local sums, reduced sums, estimator temporaries
+ROOT_MOMENT_COPIES = 5             # local and reduced sums, estimator temporaries, writer
 MAX_STORED_COUPLINGS = 4_000_000   # runner.Simulation.MAX_STORED_COUPLINGS
 
 
@@ -184,71 +194,132 @@ def _calibration_shape(sim, plan):
     return S, steps, every
 
 
-def calibrate(sim, plan, budget_s=CALIBRATION_BUDGET_S):
-    """Seconds per replica set-up, per sample draw, per sample·step, per sample·output time;
-    also the bytes of one sample's vectors and of the compiled tables.  Uses realization
-    1 (or 0) for the set-up, realization 0 for the kernel; never longer than a few seconds."""
+def calibrate(sim, plan, ranks=1, budget_s=CALIBRATION_BUDGET_S):
+    """Time the pieces of one work block on this problem (realization 0), within a budget.
+
+    Returns seconds per sample draw (``draw_s``), per replica set-up (``setup_s``: cluster
+    problem, observable plan, kernel tables), per sample·step (``step_s``, the output
+    evaluation included at the run's output ratio) and per sample·output time (``add_s``),
+    the bytes of one sample's vectors and of the tables, and ``complete``.  The stages stop
+    early (``complete = False``, ``skipped`` says why) when the draws alone already put the
+    run beyond :data:`MAX_RUN_TIME_S`, or when the set-up would take longer than the budget
+    (predicted from the number of Hamiltonian terms); the caller then uses a lower bound.
+    """
+    import types
+
     from . import kernels, sampling, stats
     from .runner import propagate, propagate_two_time
-    out = {}
-    R = sim.cfg["disorder"]["realizations"]
-    t0 = time.perf_counter()
-    ctx = sim._context(1 if R > 1 else 0, 0, {})
-    tables = 0
-    if sim.method != "operator" and kernels.resolve_backend(sim.backend) == "cython":
-        tables = _nbytes(kernels.compile_tables(ctx["problem"], ctx["plan"]))
-    out["setup_s"] = time.perf_counter() - t0
-    ctx = sim._context(0, 0, {}) if R > 1 else ctx
-    if sim.method != "operator" and kernels.resolve_backend(sim.backend) == "cython":
-        kernels.compile_tables(ctx["problem"], ctx["plan"])
-    out["tables_bytes"] = tables + _nbytes(ctx["problem"]) + _nbytes(ctx["plan"]) + \
-        ctx["tf_tab"].nbytes
+    t_begin = time.perf_counter()
     meth = sim.cfg["method"]
     S, steps, every = _calibration_shape(sim, plan)
+    n2 = 2 if sim.antithetic else 1
+    out = dict(samples=0, steps=0, out_every=every, draw_s=None, setup_s=None, step_s=None,
+               call_s=0.0, add_s=0.0, complete=False, skipped=None, vector_bytes=None, tables_bytes=None)
 
-    def draw(n):
+    def draw(problem, n):
         ids = np.arange(n) + meth["first_sample"]
-        return sampling.draw_batch(ctx["problem"], sim.state_for(0), sim.method, meth["seed"],
+        return sampling.draw_batch(problem, sim.state_for(0), sim.method, meth["seed"],
                                    sim.stream_key(0, 0), ids, antithetic=sim.antithetic,
                                    scheme=meth["sampling"])
 
-    def integrate(init, n_steps, out_every):
+    part = sim.partitions(0)[0]
+    batch = plan.largest_block
+    t_small = None
+    try:  # sampling needs the partition only: no compiled problem for the first stage
+        light = types.SimpleNamespace(partition=part, n_amp=int(part.offsets[-1]))
+        t0 = time.perf_counter()
+        init = draw(light, n2)
+        t_small = time.perf_counter() - t0
+    except (AttributeError, TypeError):
+        init = None
+    allowed = budget_s
+    if init is not None:
+        # a draw of a whole block costs at least t_small (fixed per-cluster work included)
+        out["draw_s"] = t_small / batch
+        out["vector_bytes"] = int(init.psi.nbytes // n2)
+        amps = out["vector_bytes"] / 16
+        bound = plan.total_samples * (out["draw_s"] + sim.n_steps * MIN_AMP_STEP_S * amps)
+        if bound / ranks > MAX_RUN_TIME_S:
+            out["skipped"] = "sampling the initial conditions alone exceeds the limit"
+            return out
+        allowed = max(budget_s, CALIBRATION_FRACTION * bound / ranks)
+    n_terms = int(getattr(sim.build_model(0), "n_terms", 0) or 0)
+    if n_terms * SETUP_S_PER_TERM > allowed:
+        out["skipped"] = (f"the set-up of one replica ({n_terms} Hamiltonian terms) would take "
+                          f"about {n_terms * SETUP_S_PER_TERM:.0f} s")
+        out["tables_bytes"] = TABLE_BYTES_PER_TERM * n_terms
+        return out
+    compiled = sim.method != "operator" and kernels.resolve_backend(sim.backend) == "cython"
+    t0 = time.perf_counter()
+    ctx = sim._context(0, 0, {})
+    tables = _nbytes(kernels.compile_tables(ctx["problem"], ctx["plan"])) if compiled else 0
+    out["setup_s"] = time.perf_counter() - t0
+    other = None
+    if out["setup_s"] < 0.1 * budget_s:  # the first set-up pays one-time costs: time another
+        t0 = time.perf_counter()
+        other = sim._context(min(1, sim.cfg["disorder"]["realizations"] - 1), 0, {})
+        if compiled:
+            kernels.compile_tables(other["problem"], other["plan"])
+        out["setup_s"] = time.perf_counter() - t0
+    out["tables_bytes"] = tables + _nbytes(ctx["problem"]) + _nbytes(ctx["plan"]) + \
+        ctx["tf_tab"].nbytes
+    t0 = time.perf_counter()
+    init = draw(ctx["problem"], S)
+    t_S = time.perf_counter() - t0
+    # t(S) = a + b·S: per sample b + a / batch in the run's blocks
+    if t_small is not None and S > n2:
+        b = max(t_S - t_small, 0.0) / (S - n2)
+        out["draw_s"] = b + max(t_small - b * n2, 0.0) / batch
+    else:
+        out["draw_s"] = t_S / S
+    out["vector_bytes"] = int(init.psi.nbytes // S)
+    if sim.method == "operator":
+        dims = np.asarray(part.dims)
+        out["vector_bytes"] = max(out["vector_bytes"], int(16 * (dims ** 2).sum()))
+
+    def integrate(batch, n_steps):
         tf = ctx["tf_tab"][:, :2 * n_steps + 1]
         if ctx["obs"].kick is not None:
-            return propagate_two_time(ctx["problem"], ctx["plan"], init, ctx["obs"].kick,
-                                      sim.dt, n_steps, out_every, tf, sim.backend)
-        return propagate(ctx["problem"], ctx["plan"], init, sim.method, sim.dt, n_steps,
-                         out_every, tf, sim.backend, meth["precision"])
+            return propagate_two_time(ctx["problem"], ctx["plan"], batch, ctx["obs"].kick,
+                                      sim.dt, n_steps, every, tf, sim.backend)
+        return propagate(ctx["problem"], ctx["plan"], batch, sim.method, sim.dt, n_steps,
+                         every, tf, sim.backend, meth["precision"])
 
+    small = draw(ctx["problem"], n2)
     t0 = time.perf_counter()
-    init = draw(S)
-    out["draw_s"] = (time.perf_counter() - t0) / S
-    out["vector_bytes"] = int(init.psi[..., 0].nbytes) if init.psi.ndim == 3 else \
-        int(init.psi.nbytes // S)
-    if sim.method == "operator":
-        dims = np.asarray(ctx["problem"].partition.dims)
-        out["vector_bytes"] = max(out["vector_bytes"], int(16 * (dims ** 2).sum()))
-    n2 = 2 if sim.antithetic else 1
-    small = draw(n2)
-    t0 = time.perf_counter()
-    integrate(small, every, every)                      # warm-up (first call, caches)
+    cols = integrate(small, every)                      # warm-up (first call, caches)
     t_warm = time.perf_counter() - t0
-    per_ss = t_warm / (n2 * every)
-    if t_warm < 0.25 * budget_s:
-        steps = min(steps, max(every, int(budget_s / max(per_ss * S, 1e-12)) // every * every))
+    out.update(samples=n2, steps=every, step_s=t_warm / (n2 * every), call_s=0.0)
+    room = max(allowed, budget_s) - (time.perf_counter() - t_begin)
+    # a kernel call costs c + b·samples·steps; its linear upper bound from the warm-up
+    steps = min(steps, int(room / max(t_warm, 1e-9) * n2 * every / S) // every * every)
+    if steps >= every and S * steps > n2 * every:
         t0 = time.perf_counter()
-        cols = integrate(init, steps, every)
-        per_ss = (time.perf_counter() - t0) / (S * steps)
-        mom = stats.Moments.zeros(1, cols.shape[0], cols.shape[1], ctx["obs"].cross)
-        t0 = time.perf_counter()
-        mom.add(0, cols, antithetic=sim.antithetic)
-        out["add_s"] = (time.perf_counter() - t0) / (S * cols.shape[0])
-    else:
-        out["add_s"] = 0.0
-        steps = every
-    out["step_s"] = per_ss
-    out.update(samples=S, steps=steps, out_every=every)
+        cols = integrate(init, steps)
+        t_b = time.perf_counter() - t0
+        b = (t_b - t_warm) / (S * steps - n2 * every)
+        if b > 0:
+            out.update(step_s=b, call_s=max(t_warm - b * n2 * every, 0.0))
+        else:
+            out.update(step_s=t_b / (S * steps), call_s=0.0)
+        out.update(samples=S, steps=steps)
+    mom = stats.Moments.zeros(1, cols.shape[0], cols.shape[1], ctx["obs"].cross)
+    t0 = time.perf_counter()
+    mom.add(0, cols, antithetic=sim.antithetic)
+    out["add_s"] = (time.perf_counter() - t0) / (cols.shape[-1] * cols.shape[0])
+    out["complete"] = True
+    _forget_tables(kernels, [ctx] + ([other] if other is not None else []))
     return out
+
+
+def _forget_tables(kernels, contexts):
+    """Drop the calibration's entries from the kernel-table cache (they would stay alive
+    through the run: the runner compiles its own problems)."""
+    cache = getattr(kernels, "_CACHE", None)
+    if cache is None:
+        return
+    for c in contexts:
+        cache.pop((id(c["problem"]), id(c["plan"])), None)
 
 
 def estimate(sim, comm=None, ranks=None, node_ranks=None, calibrate_time=True):
@@ -256,8 +327,9 @@ def estimate(sim, comm=None, ranks=None, node_ranks=None, calibrate_time=True):
 
     Keys (bytes unless noted): ``ranks``, ``ranks_on_node``, ``n_items``, ``replicas``,
     ``n_times``, ``columns``, ``cross``, ``moments``, ``block``, ``tables``, ``base``,
-    ``memory_during``, ``memory_rank0``, ``memory_per_rank`` (their max),
-    ``memory_available``, ``memory_limit`` (and ``limit_source``), ``output`` (and
+    ``memory_per_rank`` (every rank while working), ``memory_rank0`` (rank 0 at the end),
+    ``memory_node`` (rank 0 plus the other ranks of this node), ``memory_available``,
+    ``memory_limit`` (output.max_memory_gb in bytes, or None; ``limit_source``), ``output`` (and
     ``output_parts``), ``checkpoint_per_rank``, ``checkpoint_per_save``, ``time_s``
     (None without calibration), ``calibration``, ``core_hours``, ``estimate_s``.
     """
@@ -277,10 +349,18 @@ def estimate(sim, comm=None, ranks=None, node_ranks=None, calibrate_time=True):
                columns=K, cross=Pc, samples_total=plan.total_samples, n_steps=sim.n_steps,
                method=sim.method)
     moments = 8 * rows * (1 + n_t * (2 * K + Pc))
+    try:  # the writer's library is loaded at the end anyway: count it in the process size
+        from . import io
+        io.h5py_has_mpi()
+    except ImportError:
+        pass
     base, _ = process_rss()
-    cal = calibrate(sim, plan) if calibrate_time else None
-    vec = cal["vector_bytes"] if cal else 16 * 2 * sim.n_sites * 2
-    tables = cal["tables_bytes"] if cal else 8 * len(obs.outputs) * (2 * sim.n_steps + 1)
+    cal = calibrate(sim, plan, P) if calibrate_time else None
+    vec = (cal or {}).get("vector_bytes") or 16 * 2 * sim.n_sites * 2
+    tables = (cal or {}).get("tables_bytes")
+    if tables is None:
+        n_terms = int(getattr(sim.build_model(0), "n_terms", 0) or 0)
+        tables = TABLE_BYTES_PER_TERM * n_terms + 16 * (2 * sim.n_steps + 1)
     S = plan.largest_block
     block = S * (PSI_COPIES * vec + 8 * n_t * (K * (1.5 if sim.antithetic else 1.0) + 2 * Pc))
     comps = _output_components(obs)
@@ -298,36 +378,46 @@ def estimate(sim, comm=None, ranks=None, node_ranks=None, calibrate_time=True):
     if out_cfg.get("write_partial", True) and P > 1:
         from . import io
         try:
-            if io.writer_kind(comm) != "mpio" or comm.size != P:
-                gather_partial = P * moments
+            if comm.size == P:
+                gathered = io.writer_kind(comm) != "mpio"
+            else:  # planning another rank count: the writer that run would choose
+                gathered = (not io.h5py_has_mpi() or
+                            os.environ.get("CTWA_H5_GATHER", "0") not in ("", "0"))
         except ImportError:
-            gather_partial = P * moments
+            gathered = True
+        gather_partial = P * moments if gathered else 0
     during = base + moments + block + tables
-    rank0 = base + ROOT_MOMENT_COPIES * moments + 2 * results + gather_partial + tables
+    rank0 = base + ROOT_MOMENT_COPIES * moments + 3 * results + gather_partial + tables
+    node = max(during, rank0) + (L - 1) * during
     avail = memory_available()
     user = float(out_cfg.get("max_memory_gb") or 0.0)
     if user < 0 or not math.isfinite(user):
         raise ConfigError(f"output.max_memory_gb: must be >= 0 (0: node memory), got {user}")
-    limit, source = None, "unknown (no /proc/meminfo)"
-    if avail is not None:
-        limit, source = avail / L, f"MemAvailable {_size(avail)} / {L} rank(s) on this node"
-    if user > 0 and (limit is None or user * 2**30 < limit):
-        limit, source = user * 2**30, f"output.max_memory_gb = {user:g}"
+    limit = int(user * 2**30) if user > 0 else None
+    source = (f"output.max_memory_gb = {user:g}" if limit else
+              "none (output.max_memory_gb = 0: the node's MemAvailable)")
     ck_rank = moments + 8 * -(-plan.n_items // P) + 4096
     est.update(moments=moments, block=int(block), tables=int(tables), base=int(base),
-               memory_during=int(during), memory_rank0=int(rank0),
-               memory_per_rank=int(max(during, rank0)), memory_available=avail,
-               memory_limit=None if limit is None else int(limit), limit_source=source,
+               memory_per_rank=int(during), memory_rank0=int(rank0), memory_node=int(node),
+               memory_available=avail, memory_limit=limit, limit_source=source,
                output=int(sum(parts.values())), output_parts={k: int(v) for k, v in
                                                                 parts.items()},
                checkpoint_per_rank=int(ck_rank), checkpoint_per_save=int(P * ck_rank),
                gather_partial=int(gather_partial), calibration=cal, time_s=None,
-               core_hours=None)
-    if cal is not None:
+               core_hours=None, time_lower_bound=None)
+    if cal is not None and cal["complete"]:
         per_sample = cal["draw_s"] + sim.n_steps * cal["step_s"] + n_t * cal["add_s"]
-        total = rows * cal["setup_s"] + plan.total_samples * per_sample
+        total = rows * cal["setup_s"] + plan.n_items * cal["call_s"] + \
+            plan.total_samples * per_sample
         est.update(time_s=float(total / P), core_hours=float(total / 3600.0),
-                   time_per_sample_s=float(per_sample))
+                   time_per_sample_s=float(total / max(plan.total_samples, 1)),
+                   time_lower_bound=False)
+    elif cal is not None and cal["draw_s"] is not None:
+        # not fully calibrated: sampling plus the least any RK4 step of the vectors can cost
+        per_sample = cal["draw_s"] + sim.n_steps * MIN_AMP_STEP_S * vec / 16
+        total = plan.total_samples * per_sample
+        est.update(time_s=float(total / P), core_hours=float(total / 3600.0),
+                   time_per_sample_s=float(per_sample), time_lower_bound=True)
     est["estimate_s"] = time.perf_counter() - t_start
     return est
 
@@ -355,9 +445,10 @@ def _duration(s):
         return f"{s / 60:.3g} min"
     if s < 3 * 86400:
         return f"{s / 3600:.3g} h"
-    if s < 2 * YEAR_S:
+    if s < YEAR_S:
         return f"{s / 86400:.3g} days"
-    return f"{s / YEAR_S:.3g} years"
+    y = s / YEAR_S
+    return f"{y:.3g} year{'' if round(y, 3) == 1 else 's'}"
 
 
 def lines(est):
@@ -370,60 +461,79 @@ def lines(est):
            f"({est['ranks_on_node']} on this node)",
            f"estimate: memory per rank {_size(est['memory_per_rank'])} (moments "
            f"{_size(est['moments'])}, block {_size(est['block'])}, tables "
-           f"{_size(est['tables'])}, process {_size(est['base'])}; rank 0 at the end "
-           f"{_size(est['memory_rank0'])}); limit {_size(est['memory_limit'])} "
-           f"({est['limit_source']})",
+           f"{_size(est['tables'])}, process {_size(est['base'])}), rank 0 at the end "
+           f"{_size(est['memory_rank0'])}; this node ({est['ranks_on_node']} rank(s)) "
+           f"{_size(est['memory_node'])} of MemAvailable {_size(est['memory_available'])}; "
+           f"limit per rank: {est['limit_source']}",
            f"estimate: output file {_size(est['output'])} (" +
            ", ".join(f"{k} {_size(v)}" for k, v in p.items()) + ")",
            f"estimate: checkpoint {_size(est['checkpoint_per_save'])} per save "
            f"({_size(est['checkpoint_per_rank'])} per rank file)"]
     cal = est.get("calibration")
-    if est.get("time_s") is not None:
+    if est.get("time_s") is not None and not est.get("time_lower_bound"):
         out.append(f"estimate: run time {_duration(est['time_s'])} on {est['ranks']} rank(s) "
                    f"({est['core_hours']:.3g} core-hours; {est['time_per_sample_s']:.3g} s per "
                    f"sample; calibrated on {cal['samples']} samples x {cal['steps']} steps in "
                    f"{est['estimate_s']:.2f} s)")
+    elif est.get("time_s") is not None:
+        out.append(f"estimate: run time at least {_duration(est['time_s'])} on {est['ranks']} "
+                   f"rank(s) ({est['core_hours']:.3g} core-hours; not fully calibrated: "
+                   f"{cal['skipped']})")
     return out
 
 
-def _memory_message(est, limit):
+def _memory_message(est, need, limit, where):
     R_O, n_t, K, Pc = est["replicas"], est["n_times"], est["columns"], est["cross"]
     mom, block = est["moments"], est["block"]
-    if mom >= block:
+    if est["base"] + est["tables"] >= 0.5 * limit:
+        field = "output.max_memory_gb"  # the process itself is near the limit
+    elif mom >= block:
         if R_O > 1:
             field = "disorder.realizations"
         else:
             field = "time.output_dt" if n_t >= K else "observables.names"
     else:
         field = "method.batch"
-    what = (f"{field}: this run needs about {_size(est['memory_per_rank'])} per rank, more "
-            f"than the limit {_size(limit)} ({est['limit_source']}); the moment sums alone "
-            f"are {_size(mom)} ({R_O} realization x offset replicas x {n_t} output times x "
-            f"(2 x {K} columns + {Pc} cross products) x 8 B, held by every rank), one work "
-            f"block {_size(block)}. Change disorder.realizations (split the study into jobs "
-            f"with disorder.first, they merge exactly), a larger time.output_dt (fewer output "
-            f"times), fewer observables.names / observables.pairs / observables.subsystems, "
-            f"a smaller method.batch")
+    what = (f"{field}: this run needs about {_size(need)} {where}, more than "
+            f"{_size(limit)}; per rank {_size(est['memory_per_rank'])}, rank 0 at the end "
+            f"{_size(est['memory_rank0'])}; the moment sums alone are {_size(mom)} ({R_O} "
+            f"realization x offset replicas x {n_t} output times x (2 x {K} columns + {Pc} "
+            f"cross products) x 8 B, held by every rank), one work block {_size(block)} "
+            f"(method.batch x output times x columns). Change disorder.realizations (split "
+            f"the study into jobs with disorder.first, they merge exactly), a larger "
+            f"time.output_dt (fewer output times), fewer observables.names / "
+            f"observables.pairs / observables.subsystems, a smaller method.batch, fewer "
+            f"ranks per node")
     if est.get("gather_partial"):
         what += (f", output.write_partial = false (rank 0 gathers {_size(est['gather_partial'])}"
                  " of /partial)")
-    return what + "; or raise output.max_memory_gb, or override with --ignore-limits"
+    return what + "; or override with --ignore-limits"
 
 
 def check(est, limit_bytes=None, ignore=False):
     """Refuse an estimate that cannot run: ConfigError naming the fields to change.
 
-    ``limit_bytes``: memory per rank allowed (default ``est["memory_limit"]``); ``ignore``:
-    log the refusals as warnings instead (``--ignore-limits``).  Returns the messages.
+    Memory: every rank's need against ``limit_bytes`` (default: ``output.max_memory_gb``),
+    and the node's need (rank 0's peak plus the other ranks on the node) against its
+    ``MemAvailable``.  Time: above :data:`MAX_RUN_TIME_S`.  ``ignore``: log the refusals as
+    warnings instead (``--ignore-limits``).  Returns the messages.
     """
     problems = []
     limit = est.get("memory_limit") if limit_bytes is None else limit_bytes
-    if limit is not None and est["memory_per_rank"] > limit:
-        problems.append(_memory_message(est, limit))
+    peak = max(est["memory_per_rank"], est["memory_rank0"])
+    if limit is not None and peak > limit:
+        src = est["limit_source"] if limit_bytes is None else "the given limit"
+        problems.append(_memory_message(est, peak, limit, f"per rank (limit: {src})"))
+    avail = est.get("memory_available")
+    if avail is not None and est["memory_node"] > avail:
+        problems.append(_memory_message(
+            est, est["memory_node"], avail,
+            f"on this node ({est['ranks_on_node']} rank(s); MemAvailable)"))
     t = est.get("time_s")
     if t is not None and t > MAX_RUN_TIME_S:
+        how = "at least" if est.get("time_lower_bound") else "about"
         problems.append(
-            f"method.samples: this run would take about {_duration(t)} on {est['ranks']} "
+            f"method.samples: this run would take {how} {_duration(t)} on {est['ranks']} "
             f"rank(s) ({est['core_hours']:.3g} core-hours for {est['samples_total']:.3g} "
             f"samples of {est['n_steps']} RK4 steps), more than {_duration(MAX_RUN_TIME_S)}; "
             f"reduce method.samples or disorder.realizations, time.t_max, or use more ranks; "

@@ -33,7 +33,7 @@ import numpy as np
 
 from . import checkpoint as ckpt_mod
 from . import clusters, config as config_mod, conservation, modelspec, observables, parallel
-from . import sampling, states, stats
+from . import layout, sampling, states, stats
 
 log = logging.getLogger("ctwa_hpc")
 
@@ -61,6 +61,11 @@ class RunResult:
     backend: str = "numpy"
     exact: dict | None = None
     extra: dict = field(default_factory=dict)
+
+    def to_xarray(self):
+        """An xarray.Dataset of every output (``<name>_mean``, ``<name>_stderr``, ...)."""
+        from . import io
+        return io.result_to_xarray(self)
 
 
 class Simulation:
@@ -375,6 +380,7 @@ class Simulation:
                         int(total.count.sum()) * per_unit, wall, self.comm.size,
                         self.backend_used())
         res.extra["disorder"] = self.disorder_record()
+        res.extra["columns"] = layout.column_labels(obs)
         if self.method != "operator":
             self.drift.static = self._static
             res.extra.update(drift)
@@ -484,8 +490,11 @@ class Simulation:
                                  stderr_disorder=se if R > 1 else None,
                                  real_mean=v, real_stderr=None, description=o.description,
                                  labels=o.labels, kind=o.kind)
-        return RunResult(self.cfg, self.times, "exact", outputs, None, 0, time.time() - t0,
-                         comm.size, "exact")
+        res = RunResult(self.cfg, self.times, "exact", outputs, None, 0, time.time() - t0,
+                        comm.size, "exact")
+        if not serial:
+            res.extra["disorder"] = self.disorder_record()
+        return res
 
 
 def propagate(problem, plan, init, method, dt, n_steps, out_every, tf_tab, backend="auto",

@@ -41,8 +41,8 @@ import math
 import numpy as np
 
 MAX_CHARS = 1000
-MAX_NODES = 256
-MAX_DEPTH = 32
+MAX_NODES = 512
+MAX_DEPTH = 100
 
 
 def _step(x):
@@ -216,6 +216,10 @@ class TimeFunction:
             except (ValueError, RecursionError, MemoryError) as exc:
                 raise ValueError(f"{where}: cannot parse {_show(expr)}: "
                                  f"{exc or type(exc).__name__}") from None
+            n_nodes = sum(isinstance(n, ast.expr) for n in ast.walk(tree))  # iterative
+            if n_nodes > MAX_NODES:
+                raise ValueError(f"{where}: expression too large ({n_nodes} syntax nodes, at "
+                                 f"most {MAX_NODES}) in {_show(expr)}")
             self._fn = _Compiler(expr, where, self.params).compile(tree)
         try:
             val = self(0.0)

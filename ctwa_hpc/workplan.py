@@ -168,16 +168,17 @@ class Stage:
     def __init__(self, plan, b0, b1):
         self.plan, self.b0, self.b1 = plan, int(b0), int(b1)
         self.m = self.b1 - self.b0
+        self.n = plan.n_rows * self.m        # a Python int (len() is limited to 2**63)
 
     def __len__(self):
-        return self.plan.n_rows * self.m
+        return self.n
 
     def item(self, p):
         row, j = divmod(int(p), self.m)
         return row * self.plan.blocks_per_row + self.b0 + j
 
     def __iter__(self):
-        for p in range(len(self)):
+        for p in range(self.n):
             yield self.item(p)
 
     def positions(self, indices):
@@ -195,7 +196,7 @@ class Stage:
         Equal to ``numpy.array_split([i for i in stage if i not in done], size)[rank]``.
         """
         D = self.positions(done)
-        lo, hi = split_range(len(self) - len(D), size, rank)
+        lo, hi = split_range(self.n - len(D), size, rank)
         need = hi - lo
         spans = []
         if need > 0:
@@ -203,7 +204,7 @@ class Stage:
             di = int(np.searchsorted(D - np.arange(len(D)), lo, side="right"))
             s = lo + di
             while need > 0:
-                nxt = int(D[di]) if di < len(D) else len(self)
+                nxt = int(D[di]) if di < len(D) else self.n
                 run = min(need, nxt - s)
                 if run > 0:
                     spans.append((s, s + run))

@@ -1,174 +1,36 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-r"""The RK4 kernel of ``gp_rk4`` as ``cdef inline`` functions, compiled once per instruction set.
+r"""The pieces of the RK4 kernel of ``gp_rk4`` as ``cdef inline`` functions: right-hand-side
+row programs, RK4 bookkeeping, Weyl symbols and mean fields (sparse programs and the dense
+matrix products).  Types and structs: ``gp_types.pxd``; the chunk driver that assembles
+them: ``gp_chunk.pxd``; the algorithm and the data layout: the docstring of ``gp_rk4.pyx``.
 
-``gp_rk4.pyx`` (baseline build flags), ``gp_rk4_avx2.pyx`` and ``gp_rk4_avx512.pyx`` (which
-switch the compiler to AVX2+FMA / AVX-512 with ``#pragma GCC target`` *before* cimporting this
-file) each compile the functions below, so every variant uses its native SIMD width: the
-vector type ``vd`` holds ``CTWA_VW`` doubles (8 with AVX-512, 4 with AVX, 2 otherwise) and a
-chunk of ``CTWA_SW = CTWA_NV * CTWA_VW`` samples is ``CTWA_NV`` vectors.  See the docstring of
-``gp_rk4.pyx`` for the algorithm and the data layout.
+In single precision (``CTWA_SINGLE``) the state, the coefficient tables, the Weyl symbols
+and the mean fields are float32; the observable columns are accumulated in double
+(``gp_chunk.observe``) and averaged over samples in double by the caller.
 
-The same chunk function integrates the tangent (Jacobian–vector product) δψ alongside the
-trajectory when ``Plan.tan`` is set (linear response, paper eqs. (12), (22)–(23)): the pieces
-of the trajectory (row coefficients ``row_coef``, complex multiply–add ``row_mac``, RK4
-bookkeeping ``rk_update``, mean fields ``cluster_fields``, Weyl-symbol items ``group_items``)
-are shared, and only the linearized pair products (``pair_dq``) and the fused row pass
-(``apply_rows_tan``: c·ψ, c·δψ and δc·ψ from one read of the row program, in two halves of
-the chunk's vectors so that its accumulators stay in registers) are specific to the tangent.
-``gp_chunk`` calls its body with a constant ``tan`` flag, so the compiler specializes it and
-the trajectory-only path is unchanged.
+The tangent (Jacobian–vector product) δψ shares the pieces of the trajectory (row
+coefficients ``row_coef``, complex multiply–add ``row_mac``, ``rk_update``, mean fields
+``cluster_fields``/``dense_fields``, Weyl-symbol items ``group_items``); only the linearized
+pair products (``pair_dq``) and the fused row pass (``apply_rows_tan``: c·ψ, c·δψ and δc·ψ
+from one read of the row program, in two halves of the chunk's vectors so that its
+accumulators stay in registers) are specific to it (linear response, paper eqs. (12),
+(22)–(23)).
 """
 from libc.stdint cimport int64_t
-from libc.string cimport memset, memcpy
-from libc.math cimport isfinite
 
-cdef extern from *:
-    """
-    /* ---- SIMD vectors of CTWA_VW doubles (GCC/Clang vector extension) ------------- */
-    #if defined(__AVX512F__)
-    #define CTWA_VW 8
-    #ifndef CTWA_NV
-    #define CTWA_NV 4
-    #endif
-    #define CTWA_LEVEL 2
-    #elif defined(__AVX__)
-    #define CTWA_VW 4
-    #ifndef CTWA_NV
-    #define CTWA_NV 4
-    #endif
-    #if defined(__AVX2__) && defined(__FMA__)
-    #define CTWA_LEVEL 1
-    #else
-    #define CTWA_LEVEL 0
-    #endif
-    #else
-    #define CTWA_VW 2
-    #ifndef CTWA_NV
-    #define CTWA_NV 4
-    #endif
-    #define CTWA_LEVEL 0
-    #endif
-    #define CTWA_SW (CTWA_NV * CTWA_VW)
-    typedef double ctwa_vd __attribute__((vector_size(CTWA_VW * 8)));
-    #define VLOAD(p) (*(const ctwa_vd *)(p))
-    #define VSTORE(p, v) (*(ctwa_vd *)(p) = (v))
-    #define VSPLAT(x) ((ctwa_vd){0} + (double)(x))
-    #include <stdlib.h>
-    #include <string.h>
-    #if defined(__linux__)
-    #include <sys/mman.h>
-    #endif
-    /* zeroed work space, 64-byte aligned; large blocks on transparent huge pages */
-    static double *ctwa_alloc(Py_ssize_t n) {
-        void *p = NULL;
-        size_t bytes = (size_t)(n > 0 ? n : 1) * sizeof(double);
-        size_t align = 64;
-        bytes = (bytes + 63) & ~(size_t)63;
-    #if defined(MADV_HUGEPAGE)
-        if (bytes >= ((size_t)4 << 20)) {
-            align = (size_t)2 << 20;
-            bytes = (bytes + align - 1) & ~(align - 1);
-        }
-    #endif
-        if (posix_memalign(&p, align, bytes) != 0) return NULL;
-    #if defined(MADV_HUGEPAGE)
-        if (align > 64) madvise(p, bytes, MADV_HUGEPAGE);
-    #endif
-        memset(p, 0, bytes);
-        return (double *)p;
-    }
-    """
-    ctypedef double vd "ctwa_vd"
-    vd VLOAD(const double*) noexcept nogil
-    void VSTORE(double*, vd) noexcept nogil
-    vd VSPLAT(double) noexcept nogil
-    double* ctwa_alloc(Py_ssize_t n) noexcept nogil
-    enum:
-        CTWA_VW    # doubles per SIMD vector
-        CTWA_NV    # vectors per chunk
-        CTWA_SW    # samples per chunk
-        CTWA_LEVEL # 0 baseline, 1 AVX2+FMA, 2 AVX-512
-
-cdef enum:
-    MAXNV = 8      # upper bound of CTWA_NV (array sizes)
-
-
-cdef struct RowTab:
-    # RHS row programs: terms of amplitude a are row[a] .. row[a+1]
-    const int64_t* row       # [A+1]
-    const int64_t* t_src     # [T] source amplitude b ^ m (cluster relative)
-    const int64_t* t_kind    # [T] 1: real coefficient, 2: imaginary, 3: complex
-    const int64_t* t_it      # [T+1] items of term t
-    const int64_t* t_im      # [T] first item that adds to Im c (items before: Re c)
-    const double* t_hre      # [T] static coefficient
-    const double* t_him
-    const double* t_htre     # [G, T] coefficient multiplying f_g(t)
-    const double* t_htim
-    const int64_t* i_op      # [I] cluster-local index of the coupling operator (field buffer)
-    const double* i_coef     # [I]
-    Py_ssize_t T
-
-
-cdef struct ExpTab:
-    # Weyl symbols: groups (cluster, mask) visited pair by pair
-    const int64_t* g_mask    # [ng]
-    const int64_t* g_np      # [ng] number of pairs (b < b^m), or D for m = 0
-    const int64_t* g_pp      # [ng] offset into pr_b
-    const int64_t* g_it      # [ng+1] items of group g
-    const int64_t* pr_b      # [P]
-    const int64_t* it_op     # [I] entry whose symbol the item adds to
-    const int64_t* it_part   # [I] 0: uses Re Q, 1: uses Im Q
-    const int64_t* it_cp     # [I] offset of the item's per-pair coefficients in it_ec
-    const double* it_ec      # (1 or 2) · Re d[b]  or  -(2) · Im d[b]
-    const int64_t* it_first  # [I] 1 for the first item of its entry (stores instead of adding)
-    Py_ssize_t maxnp
-
-
-cdef struct Plan:
-    Py_ssize_t S, A, R, C, n_steps, out_every, n_out, K, G, n_ops, n_obs, n_cp, Dmax
-    double dt
-    const double* w          # [R]
-    const double* psi_in     # [A, R, S, 2]
-    double* psi_out          # [A, R, S, 2]
-    double* cols             # [n_out, K, S]  (tangent: [n_out, 2K, S], columns then tangents)
-    int tan                  # 1: also propagate the tangent δψ (dpsi_in/dpsi_out)
-    const double* dpsi_in    # [A, R, S, 2] (tangent only)
-    double* dpsi_out         # [A, R, S, 2] (tangent only)
-    const double* tf         # [G, tf_stride]
-    Py_ssize_t tf_stride
-    const int64_t* cp_tf     # [n_cp] time function of coupling k (-1: static)
-    const double* cp_J       # [n_cp]
-    const int64_t* c_fo      # [C+1] coupling operators of cluster c: fo_ptr[c_fo[c]:c_fo[c+1]]
-    const int64_t* fo_ptr    # [n_ops+1] partners of the q-th operator: fo_src/fo_k[...]
-    const int64_t* fo_src    # [2 n_cp] partner operator (global entry index of E)
-    const int64_t* fo_k      # [2 n_cp] coupling index (J_k f_k(t))
-    Py_ssize_t max_fo        # max operators of one cluster
-    const int64_t* c_off     # [C] amplitude offsets
-    const int64_t* c_D       # [C] dimensions
-    const int64_t* c_ge      # [C+1] Weyl-symbol groups of the coupling operators of cluster c
-    const int64_t* c_go      # [C+1] Weyl-symbol groups of the observables of cluster c
-    RowTab rows
-    ExpTab dex
-    ExpTab oex
-    const int64_t* col_ptr
-    const double* term_coef
-    const int64_t* term_ptr
-    const int64_t* fac
-    int64_t* bad_out         # [n_chunks] first non-finite output index (-1: none)
-    int64_t* bad_s           # [n_chunks] first non-finite sample of that output (chunk local)
-    int64_t* status          # [n_chunks] 0 ok, 1 out of memory
-
+from gp_types cimport (real, vd, VLOAD, VSTORE, VSPLAT, ctwa_dense_tile, CTWA_VW, CTWA_NV,
+                       CTWA_SW, CTWA_MR, CTWA_KC, CTWA_MC, MAXNV, RowTab, ExpTab, Plan)
 
 # ------------------------------------------------------------------------------------------
 # right-hand side: row programs
 # ------------------------------------------------------------------------------------------
-cdef inline void row_coef(const RowTab* T, Py_ssize_t t, const double* fld, double h_r,
-                          double h_i, vd* cr, vd* ci, Py_ssize_t nv) noexcept nogil:
+cdef inline void row_coef(const RowTab* T, Py_ssize_t t, const real* fld, real h_r,
+                          real h_i, vd* cr, vd* ci, Py_ssize_t nv) noexcept nogil:
     """Coefficient of term t: c = h + Σ_items coef · fld[op] (items before t_im add to Re c);
     nv vectors of samples."""
     cdef Py_ssize_t it, v, im = T.t_im[t], i1 = T.t_it[t + 1]
-    cdef double co
-    cdef const double* fp
+    cdef real co
+    cdef const real* fp
     for v in range(nv):
         cr[v] = VSPLAT(h_r)
         ci[v] = VSPLAT(h_i)
@@ -184,7 +46,7 @@ cdef inline void row_coef(const RowTab* T, Py_ssize_t t, const double* fld, doub
             ci[v] = ci[v] + VSPLAT(co) * VLOAD(fp + v * CTWA_VW)
 
 
-cdef inline void row_mac(int64_t kind, const vd* cr, const vd* ci, const double* xs,
+cdef inline void row_mac(int64_t kind, const vd* cr, const vd* ci, const real* xs,
                          vd* ar, vd* ai, Py_ssize_t nv) noexcept nogil:
     """a += c · x for one term (kind 1: c real, 2: c imaginary, 3: complex)."""
     cdef Py_ssize_t v
@@ -205,7 +67,7 @@ cdef inline void row_mac(int64_t kind, const vd* cr, const vd* ci, const double*
             ai[v] = ai[v] + cr[v] * xi + ci[v] * xr
 
 
-cdef inline void row_store(double* kp, const vd* ar, const vd* ai, Py_ssize_t nv) noexcept nogil:
+cdef inline void row_store(real* kp, const vd* ar, const vd* ai, Py_ssize_t nv) noexcept nogil:
     """k = -i a."""
     cdef Py_ssize_t v
     for v in range(nv):
@@ -214,8 +76,8 @@ cdef inline void row_store(double* kp, const vd* ar, const vd* ai, Py_ssize_t nv
 
 
 cdef inline void apply_rows(const RowTab* T, Py_ssize_t a0, Py_ssize_t D, Py_ssize_t R,
-                            const double* X, double* kb, const double* fld,
-                            const double* hre, const double* him) noexcept nogil:
+                            const real* X, real* kb, const real* fld,
+                            const real* hre, const real* him) noexcept nogil:
     """kb = -i H_eff X for one cluster (X, kb: cluster blocks [D, R, 2, CTWA_SW])."""
     cdef vd ar[MAXNV]
     cdef vd ai[MAXNV]
@@ -235,9 +97,9 @@ cdef inline void apply_rows(const RowTab* T, Py_ssize_t a0, Py_ssize_t D, Py_ssi
 
 
 cdef inline void rows_tan_block(const RowTab* T, Py_ssize_t a0, Py_ssize_t D, Py_ssize_t R,
-                                const double* X, const double* dX, double* kb, double* dkb,
-                                const double* fld, const double* dfld,
-                                const double* hre, const double* him,
+                                const real* X, const real* dX, real* kb, real* dkb,
+                                const real* fld, const real* dfld,
+                                const real* hre, const real* him,
                                 Py_ssize_t nv) noexcept nogil:
     """``apply_rows_tan`` on nv vectors of samples (the pointers already offset)."""
     cdef vd ar[MAXNV]
@@ -269,9 +131,9 @@ cdef inline void rows_tan_block(const RowTab* T, Py_ssize_t a0, Py_ssize_t D, Py
 
 
 cdef inline void apply_rows_tan(const RowTab* T, Py_ssize_t a0, Py_ssize_t D, Py_ssize_t R,
-                                const double* X, const double* dX, double* kb, double* dkb,
-                                const double* fld, const double* dfld,
-                                const double* hre, const double* him) noexcept nogil:
+                                const real* X, const real* dX, real* kb, real* dkb,
+                                const real* fld, const real* dfld,
+                                const real* hre, const real* him) noexcept nogil:
     """Trajectory and tangent right-hand sides of one cluster in one pass over the rows:
     kb = -i H_eff X and dkb = -i (H_eff dX + Σ_o δfield_o O_o X).
 
@@ -289,19 +151,25 @@ cdef inline void apply_rows_tan(const RowTab* T, Py_ssize_t a0, Py_ssize_t D, Py
                    CTWA_NV - h)
 
 
-cdef inline void rk_update(int st, Py_ssize_t n, double* yn, double* ys, const double* y0,
-                           const double* src, const double* kb, double dt) noexcept nogil:
-    """RK4 bookkeeping of stage st (0..3) on n doubles of one cluster, k = kb = f(src).
+cdef inline void rk_update(int st, Py_ssize_t n, real* yn, real* ys, const real* y0,
+                           const real* src, const real* kb, double dt) noexcept nogil:
+    """RK4 bookkeeping of stage st (0..3) on n reals of one cluster, k = kb = f(src).
 
     With ys_1 = y0 + dt/2 k1 and ys_3 = y0 + dt k3, the classic update
-    y0 + dt/6 k1 + dt/3 k2 + dt/3 k3 + dt/6 k4 equals (y0 + ys_1)/3 + dt/3 k2 + ys_3/3 + dt/6 k4,
-    so stages 0 and 2 leave the accumulator yn alone and a step makes 12 instead of 16 passes
-    over the state arrays (the large-N case is limited by cache bandwidth):
+    y0 + dt/6 k1 + dt/3 k2 + dt/3 k3 + dt/6 k4 equals
+    y0 + (ys_1 − y0)/3 + dt/3 k2 + (ys_3 − y0)/3 + dt/6 k4, so stages 0 and 2 leave the
+    accumulator yn alone and a step makes 13 instead of 16 passes over the state arrays (the
+    large-N case is limited by cache bandwidth):
 
     * st 0 (src = y0):   ys = y0 + dt/2 k1
-    * st 1 (src = ys_1): yn = (y0 + ys_1)/3 + dt/3 k2;  ys = y0 + dt/2 k2
+    * st 1 (src = ys_1): yn = y0 + (ys_1 − y0)/3 + dt/3 k2;  ys = y0 + dt/2 k2
     * st 2 (src = ys_2): ys = y0 + dt k3
-    * st 3 (src = ys_3): yn = yn + ys_3/3 + dt/6 k4, the new y
+    * st 3 (src = ys_3): yn = yn + (ys_3 − y0)/3 + dt/6 k4, the new y
+
+    The factor 1/3 multiplies only the small increments ys − y0: in float32, 1/3 rounds up by
+    3e-8, and the form (y0 + ys_1)/3 + ys_3/3 scaled the whole state by that, a norm drift of
+    ~1e-7 per step; here the bias is ~dt·|k|/|y| smaller (measured in
+    ``tests/test_kernels_dense.py``).
     """
     cdef Py_ssize_t i, iv
     cdef vd k, a
@@ -316,7 +184,7 @@ cdef inline void rk_update(int st, Py_ssize_t n, double* yn, double* ys, const d
             i = iv * CTWA_VW
             k = VLOAD(kb + i)
             a = VLOAD(y0 + i)
-            VSTORE(yn + i, (a + VLOAD(src + i)) * third + VSPLAT(dt / 3.0) * k)
+            VSTORE(yn + i, a + (VLOAD(src + i) - a) * third + VSPLAT(dt / 3.0) * k)
             VSTORE(ys + i, a + half * k)
     elif st == 2:
         for iv in range(n // CTWA_VW):
@@ -325,22 +193,22 @@ cdef inline void rk_update(int st, Py_ssize_t n, double* yn, double* ys, const d
     else:
         for iv in range(n // CTWA_VW):
             i = iv * CTWA_VW
-            VSTORE(yn + i, VLOAD(yn + i) + VLOAD(src + i) * third
+            VSTORE(yn + i, VLOAD(yn + i) + (VLOAD(src + i) - VLOAD(y0 + i)) * third
                    + VSPLAT(dt / 6.0) * VLOAD(kb + i))
 
 
 # ------------------------------------------------------------------------------------------
 # Weyl symbols
 # ------------------------------------------------------------------------------------------
-cdef inline void pair_q(const ExpTab* T, Py_ssize_t g, Py_ssize_t R, const double* w,
-                        const double* X, double* qb) noexcept nogil:
+cdef inline void pair_q(const ExpTab* T, Py_ssize_t g, Py_ssize_t R, const real* w,
+                        const real* X, real* qb) noexcept nogil:
     """qb[p] = Q = Σ_r w_r conj(ψ_r[b]) ψ_r[b^m] for the pairs p of group g ([np, 2, SW];
     R = 1: unit weight, w_0 is applied by ``group_items``; m = 0: only Re Q = |ψ_b|²)."""
     cdef Py_ssize_t m = T.g_mask[g], npair = T.g_np[g], pp = T.g_pp[g]
     cdef Py_ssize_t p, b, bm, r, v
-    cdef const double* xb
-    cdef const double* xm
-    cdef double* q
+    cdef const real* xb
+    cdef const real* xm
+    cdef real* q
     cdef vd qr[MAXNV]
     cdef vd qi[MAXNV]
     cdef vd br, bi, mr, mi, ww
@@ -386,14 +254,14 @@ cdef inline void pair_q(const ExpTab* T, Py_ssize_t g, Py_ssize_t R, const doubl
                 VSTORE(q + CTWA_SW + v * CTWA_VW, qi[v])
 
 
-cdef inline void pair_dq(const ExpTab* T, Py_ssize_t g, Py_ssize_t R, const double* w,
-                         const double* X, const double* dX, double* qb) noexcept nogil:
+cdef inline void pair_dq(const ExpTab* T, Py_ssize_t g, Py_ssize_t R, const real* w,
+                         const real* X, const real* dX, real* qb) noexcept nogil:
     """Tangent of ``pair_q``: δQ = Σ_r w_r [conj(ψ_r[b]) δψ_r[b^m] + conj(δψ_r[b]) ψ_r[b^m]]
     (m = 0: Re δQ = 2 Re conj(ψ_b) δψ_b), so that the items of ``group_items`` give
     δ(O)_W = Σ_r w_r 2 Re ψ_r† O δψ_r (same weight convention as ``pair_q``)."""
     cdef Py_ssize_t m = T.g_mask[g], npair = T.g_np[g], pp = T.g_pp[g]
     cdef Py_ssize_t p, b, bm, r, v, ob, om
-    cdef double* q
+    cdef real* q
     cdef vd qr[MAXNV]
     cdef vd qi[MAXNV]
     cdef vd br, bi, mr, mi, dbr, dbi, dmr, dmi, tr, ti, ww
@@ -440,16 +308,16 @@ cdef inline void pair_dq(const ExpTab* T, Py_ssize_t g, Py_ssize_t R, const doub
                 VSTORE(q + CTWA_SW + v * CTWA_VW, qi[v])
 
 
-cdef inline void group_items(const ExpTab* T, Py_ssize_t g, double scale, const double* qb,
-                             double* E) noexcept nogil:
+cdef inline void group_items(const ExpTab* T, Py_ssize_t g, real scale, const real* qb,
+                             real* E) noexcept nogil:
     """E[op] = scale · Σ_items Σ_pairs ec Q_part for the entries of group g (Q: qb).
 
     Every entry belongs to exactly one group: its first item stores, later ones add.
     """
     cdef Py_ssize_t npair = T.g_np[g]
     cdef Py_ssize_t p, it, v, part, cp
-    cdef const double* q
-    cdef double* e
+    cdef const real* q
+    cdef real* e
     cdef vd acc[MAXNV]
     for it in range(T.g_it[g], T.g_it[g + 1]):
         part = T.it_part[it] * CTWA_SW
@@ -469,28 +337,32 @@ cdef inline void group_items(const ExpTab* T, Py_ssize_t g, double scale, const 
                 VSTORE(e + v * CTWA_VW, VLOAD(e + v * CTWA_VW) + VSPLAT(scale) * acc[v])
 
 
-cdef inline void expect_group(const ExpTab* T, Py_ssize_t g, Py_ssize_t R, const double* w,
-                              const double* X, double* E, double* qb) noexcept nogil:
+cdef inline void expect_group(const ExpTab* T, Py_ssize_t g, Py_ssize_t R, const real* w,
+                              const real* X, real* E, real* qb) noexcept nogil:
     """E[op] = Σ_items Σ_pairs ec Q_part,  Q = Σ_r w_r conj(ψ_r[b]) ψ_r[b^m]  (qb: [np, 2, SW])."""
     pair_q(T, g, R, w, X, qb)
     group_items(T, g, w[0] if R == 1 else 1.0, qb, E)
 
 
-cdef inline void dexpect_group(const ExpTab* T, Py_ssize_t g, Py_ssize_t R, const double* w,
-                               const double* X, const double* dX, double* dE,
-                               double* qb) noexcept nogil:
+cdef inline void dexpect_group(const ExpTab* T, Py_ssize_t g, Py_ssize_t R, const real* w,
+                               const real* X, const real* dX, real* dE,
+                               real* qb) noexcept nogil:
     """Tangents δE[op] = Σ_r w_r 2 Re ψ_r† O δψ_r of the entries of group g."""
     pair_dq(T, g, R, w, X, dX, qb)
     group_items(T, g, w[0] if R == 1 else 1.0, qb, dE)
 
 
-cdef inline void cluster_fields(const Plan* P, Py_ssize_t c, const double* Jf, const double* E,
-                                double* fld) noexcept nogil:
+cdef inline void cluster_fields(const Plan* P, Py_ssize_t c, const real* Jf, const real* E,
+                                real* fld) noexcept nogil:
     """Mean fields of the coupling operators of cluster c: fld[q] = Σ J_k f_k(t) E[partner]
-    (with δE: the tangent fields δfield, the same linear map)."""
+    (with δE: the tangent fields δfield, the same linear map).
+
+    On the dense path an operator of a dense block has the single partner "its row of F"
+    (rows ``n_ops ..`` of the same buffer, written by ``dense_fields``) with the coupling
+    slot ``Jf[n_cp] = 1``, so this one program serves both paths."""
     cdef Py_ssize_t q, i, v, q0 = P.c_fo[c]
     cdef vd acc[MAXNV]
-    cdef const double* e
+    cdef const real* e
     for q in range(q0, P.c_fo[c + 1]):
         for v in range(CTWA_NV):
             acc[v] = VSPLAT(0.0)
@@ -502,8 +374,51 @@ cdef inline void cluster_fields(const Plan* P, Py_ssize_t c, const double* Jf, c
             VSTORE(fld + (q - q0) * CTWA_SW + v * CTWA_VW, acc[v])
 
 
-cdef inline void expect_all(const Plan* P, const ExpTab* T, const int64_t* c_g, const double* y,
-                            const double* dy, double* E, double* dE, double* qb) noexcept nogil:
+cdef inline void dense_fields(const Plan* P, real* E, Py_ssize_t nbe, Py_ssize_t j) noexcept nogil:
+    """Fields of the dense blocks for the first ``nbe`` sub-chunks of a super-chunk, as
+    matrix products: F_blk = Σ_m f_m(t_j) M_m E_blk for the matrices m of each block.
+
+    ``E`` holds the sub-chunks one after the other, ``[nb][n_rows][SW]``: rows ``0 .. n_ops``
+    are the Weyl symbols, the F rows follow (``dm_f0``).  ``M_m`` is cut into panels of
+    ``CTWA_MR`` rows (zero padding rows), the panels into groups of ``CTWA_MC`` and the columns
+    into slices of ``CTWA_KC``, and packed in the order of use: group, slice, panel, column,
+    row, so that a (group, slice) tile of M (≤ 192 KB in double) is one sequential stream
+    from memory and then stays in L2 while the chunks of the super-chunk pass; one chunk's
+    slice of E (32 KB with AVX-512) stays in L1 while all panels of the group pass;
+    ``ctwa_dense_tile`` keeps a CTWA_MR × SW tile of F in registers.  Every sample's sums run
+    in the same order whatever the batch, the thread or ``nb``.
+    """
+    cdef Py_ssize_t m, ic0, ic1, jc, kc, b, ip, n, npan, es = P.n_rows * CTWA_SW
+    cdef int first
+    cdef real alpha
+    cdef const real* Mp
+    cdef const real* Mt
+    cdef real* Eb
+    for m in range(P.n_dm):
+        alpha = 1.0 if P.dm_tf[m] < 0 else P.tf[P.dm_tf[m] * P.tf_stride + j]
+        n = P.dm_n[m]
+        npan = P.dm_npan[m]
+        Mp = P.dM + P.dm_off[m]
+        ic0 = 0
+        while ic0 < npan:
+            ic1 = ic0 + CTWA_MC if ic0 + CTWA_MC < npan else npan
+            jc = 0
+            while jc < n:
+                kc = n - jc if n - jc < CTWA_KC else CTWA_KC
+                first = 1 if (P.dm_first[m] and jc == 0) else 0
+                Mt = Mp + (ic0 * n + jc * (ic1 - ic0)) * CTWA_MR     # the (group, slice) tile
+                for b in range(nbe):
+                    Eb = E + b * es
+                    for ip in range(ic0, ic1):
+                        ctwa_dense_tile(Mt + (ip - ic0) * kc * CTWA_MR,
+                                        Eb + (P.dm_r0[m] + jc) * CTWA_SW, kc,
+                                        Eb + (P.dm_f0[m] + ip * CTWA_MR) * CTWA_SW, alpha, first)
+                jc += CTWA_KC
+            ic0 = ic1
+
+
+cdef inline void expect_all(const Plan* P, const ExpTab* T, const int64_t* c_g, const real* y,
+                            const real* dy, real* E, real* dE, real* qb) noexcept nogil:
     """Weyl symbols of all entries of T (every entry is written) from the state y, and their
     tangents dE from dy unless dy is NULL."""
     cdef Py_ssize_t c, g, off
@@ -513,262 +428,3 @@ cdef inline void expect_all(const Plan* P, const ExpTab* T, const int64_t* c_g, 
             expect_group(T, g, P.R, P.w, y + off, E, qb)
             if dy != NULL:
                 dexpect_group(T, g, P.R, P.w, y + off, dy + off, dE, qb)
-
-
-cdef inline void _finite_cols(double* out, const double* acc, Py_ssize_t ns,
-                              int64_t* first) noexcept nogil:
-    cdef Py_ssize_t s
-    for s in range(ns):
-        out[s] = acc[s]
-        if not isfinite(acc[s]) and s < first[0]:
-            first[0] = s
-
-
-cdef inline void _finite_state(const double* y, Py_ssize_t n, Py_ssize_t ns,
-                               int64_t* first) noexcept nogil:
-    cdef Py_ssize_t i, s
-    for i in range(n):
-        for s in range(ns):
-            if not isfinite(y[i * CTWA_SW + s]) and s < first[0]:
-                first[0] = s
-
-
-cdef inline int observe(const Plan* P, const double* y, const double* dy, double* Eo,
-                        double* dEo, double* qb, double* scr, Py_ssize_t oi, Py_ssize_t s0,
-                        Py_ssize_t ns, int64_t* bad_s) noexcept nogil:
-    """Columns at output oi from state y (and, with dy != NULL, their tangents
-    δ(column) = Σ_t c_t Σ_f δE_f Π_{g≠f} E_g in rows K..2K-1); return 1 (and the first bad
-    sample) if a column or the state is non-finite."""
-    cdef Py_ssize_t k, t, f, s, nk = P.K if dy == NULL else 2 * P.K
-    cdef double* acc = scr
-    cdef double* prod = scr + CTWA_SW
-    cdef double* dacc = scr + 2 * CTWA_SW
-    cdef double* dprod = scr + 3 * CTWA_SW
-    cdef const double* e
-    cdef const double* de
-    cdef int64_t first = CTWA_SW
-    expect_all(P, &P.oex, P.c_go, y, dy, Eo, dEo, qb)
-    for k in range(P.K):
-        for s in range(CTWA_SW):
-            acc[s] = 0.0
-            dacc[s] = 0.0
-        for t in range(P.col_ptr[k], P.col_ptr[k + 1]):
-            for s in range(CTWA_SW):
-                prod[s] = P.term_coef[t]
-                dprod[s] = 0.0
-            for f in range(P.term_ptr[t], P.term_ptr[t + 1]):
-                e = Eo + P.fac[f] * CTWA_SW
-                if dy != NULL:           # product rule, before prod takes the factor
-                    de = dEo + P.fac[f] * CTWA_SW
-                    for s in range(CTWA_SW):
-                        dprod[s] = dprod[s] * e[s] + prod[s] * de[s]
-                for s in range(CTWA_SW):
-                    prod[s] *= e[s]
-            for s in range(CTWA_SW):
-                acc[s] += prod[s]
-                dacc[s] += dprod[s]
-        _finite_cols(P.cols + (oi * nk + k) * P.S + s0, acc, ns, &first)
-        if dy != NULL:
-            _finite_cols(P.cols + (oi * nk + P.K + k) * P.S + s0, dacc, ns, &first)
-    _finite_state(y, P.A * P.R * 2, ns, &first)
-    if dy != NULL:
-        _finite_state(dy, P.A * P.R * 2, ns, &first)
-    if first < CTWA_SW:
-        bad_s[0] = first
-        return 1
-    return 0
-
-
-# ------------------------------------------------------------------------------------------
-# one chunk of CTWA_SW samples over all steps
-# ------------------------------------------------------------------------------------------
-cdef inline Py_ssize_t _rnd(Py_ssize_t n) noexcept nogil:
-    """n doubles rounded up to a multiple of 64 bytes."""
-    return ((n + 7) // 8) * 8
-
-
-cdef inline void _copy_in(const Plan* P, const double* src, double* y, Py_ssize_t s0,
-                          Py_ssize_t ns) noexcept nogil:
-    """src[a, r, s0 + s, part] -> y[a, r, part, s]   (padding samples: zero)."""
-    cdef Py_ssize_t a, r, s, i, q
-    if ns < CTWA_SW:
-        memset(y, 0, P.A * P.R * 2 * CTWA_SW * sizeof(double))
-    for a in range(P.A):
-        for r in range(P.R):
-            i = (a * P.R + r) * 2 * CTWA_SW
-            q = ((a * P.R + r) * P.S + s0) * 2
-            for s in range(ns):
-                y[i + s] = src[q + 2 * s]
-                y[i + CTWA_SW + s] = src[q + 2 * s + 1]
-
-
-cdef inline void _copy_out(const Plan* P, const double* y, double* dst, Py_ssize_t s0,
-                           Py_ssize_t ns) noexcept nogil:
-    cdef Py_ssize_t a, r, s, i, q
-    for a in range(P.A):
-        for r in range(P.R):
-            i = (a * P.R + r) * 2 * CTWA_SW
-            q = ((a * P.R + r) * P.S + s0) * 2
-            for s in range(ns):
-                dst[q + 2 * s] = y[i + s]
-                dst[q + 2 * s + 1] = y[i + CTWA_SW + s]
-
-
-cdef inline void gp_chunk(Plan* P, Py_ssize_t ch, double** ws_slot) noexcept nogil:
-    """Integrate chunk ``ch`` (samples ch·CTWA_SW .. ch·CTWA_SW + CTWA_SW - 1) over all steps,
-    with the tangent if ``P.tan`` (see ``chunk_impl``).
-
-    ``ws_slot`` is the calling thread's work space: allocated on first use (64-byte aligned)
-    and reused for its next chunks; the caller frees it.
-    """
-    # two calls with constant ``tan``: the compiler specializes ``chunk_impl`` for each, so
-    # the trajectory-only path carries no tangent branches (measured: ~5% on heis64_c4)
-    if P.tan:
-        chunk_impl(P, ch, ws_slot, 1)
-    else:
-        chunk_impl(P, ch, ws_slot, 0)
-
-
-cdef inline void chunk_impl(Plan* P, Py_ssize_t ch, double** ws_slot, bint tan) noexcept nogil:
-    """Body of ``gp_chunk``.  With ``tan`` the tangent δψ is integrated alongside: every RK4
-    stage evaluates the trajectory and the tangent right-hand sides at the same stage state
-    (ψ_s, δψ_s), cluster by cluster (``apply_rows_tan``), the stage's Weyl symbols carry their
-    tangents (``dexpect_group``) and the RK4 bookkeeping of δψ is that of ψ."""
-    cdef Py_ssize_t S = P.S, A = P.A, R = P.R, G = P.G
-    cdef Py_ssize_t s0 = ch * CTWA_SW
-    cdef Py_ssize_t ns = S - s0 if S - s0 < CTWA_SW else CTWA_SW
-    cdef Py_ssize_t blk = R * 2 * CTWA_SW          # doubles per amplitude
-    cdef Py_ssize_t nst = A * blk
-    cdef Py_ssize_t Tn = P.rows.T
-    cdef Py_ssize_t nq = P.dex.maxnp if P.dex.maxnp > P.oex.maxnp else P.oex.maxnp
-    # work space: y0 | yn | ys | kb | Ec | En | fld | Eo | qb | scr | hre | him | Jf
-    #             [tangent: dy0 | dyn | dys | dkb | dEc | dEn | dfld | dEo]
-    cdef Py_ssize_t o_kb = 3 * _rnd(nst)
-    cdef Py_ssize_t o_E = o_kb + _rnd(P.Dmax * blk)
-    cdef Py_ssize_t nE = _rnd(P.n_ops * CTWA_SW)
-    cdef Py_ssize_t o_fld = o_E + 2 * nE
-    cdef Py_ssize_t o_Eo = o_fld + _rnd(P.max_fo * CTWA_SW)
-    cdef Py_ssize_t o_qb = o_Eo + _rnd(P.n_obs * CTWA_SW)
-    cdef Py_ssize_t o_scr = o_qb + _rnd(nq * 2 * CTWA_SW)
-    cdef Py_ssize_t o_h = o_scr + _rnd(4 * CTWA_SW)
-    cdef Py_ssize_t o_Jf = o_h + 2 * _rnd(Tn)
-    cdef Py_ssize_t o_tan = o_Jf + _rnd(P.n_cp)
-    cdef Py_ssize_t size = o_tan + (o_qb if tan else 0)   # the tangent repeats y0 .. Eo
-    P.bad_out[ch] = -1
-    P.status[ch] = 0
-    if ws_slot[0] == NULL:
-        ws_slot[0] = ctwa_alloc(size)
-        if ws_slot[0] == NULL:
-            P.status[ch] = 1
-            return
-    cdef double* y0 = ws_slot[0]
-    cdef double* yn = y0 + _rnd(nst)
-    cdef double* ys = yn + _rnd(nst)
-    cdef double* kb = y0 + o_kb
-    cdef double* Ec = y0 + o_E
-    cdef double* En = Ec + nE
-    cdef double* fld = y0 + o_fld
-    cdef double* Eo = y0 + o_Eo
-    cdef double* qb = y0 + o_qb
-    cdef double* scr = y0 + o_scr
-    cdef double* hre = y0 + o_h
-    cdef double* him = hre + _rnd(Tn)
-    cdef double* Jf = y0 + o_Jf
-    # tangent arrays (same layout as y0 .. Eo, shifted by o_tan; NULL without tangent)
-    cdef double* dy0 = NULL
-    cdef double* dyn = NULL
-    cdef double* dys = NULL
-    cdef double* dkb = NULL
-    cdef double* dEc = NULL
-    cdef double* dEn = NULL
-    cdef double* dfld = NULL
-    cdef double* dEo = NULL
-    cdef const double* dsrc = NULL
-    cdef double* dnxt = NULL
-    if tan:
-        dy0 = y0 + o_tan
-        dyn = dy0 + _rnd(nst)
-        dys = dyn + _rnd(nst)
-        dkb = dy0 + o_kb
-        dEc = dy0 + o_E
-        dEn = dEc + nE
-        dfld = dy0 + o_fld
-        dEo = dy0 + o_Eo
-    cdef const double* hcre = P.rows.t_hre
-    cdef const double* hcim = P.rows.t_him
-    cdef double* tmp
-    cdef const double* src
-    cdef double* nxt
-    cdef Py_ssize_t n, st, j, c, g, i, k, off, D, gi, oi
-    cdef double f
-    cdef int joff[4]
-    joff[0] = 0; joff[1] = 1; joff[2] = 1; joff[3] = 2
-    if G > 0:
-        hcre = hre
-        hcim = him
-    _copy_in(P, P.psi_in, y0, s0, ns)
-    if tan:
-        _copy_in(P, P.dpsi_in, dy0, s0, ns)
-    expect_all(P, &P.dex, P.c_ge, y0, dy0, Ec, dEc, qb)
-    if observe(P, y0, dy0, Eo, dEo, qb, scr, 0, s0, ns, &P.bad_s[ch]):
-        P.bad_out[ch] = 0
-    n = 0
-    while n < P.n_steps and P.bad_out[ch] < 0:
-        for st in range(4):
-            j = 2 * n + joff[st]
-            # local coefficients at the stage time
-            if G > 0:
-                memcpy(hre, P.rows.t_hre, Tn * sizeof(double))
-                memcpy(him, P.rows.t_him, Tn * sizeof(double))
-                for gi in range(G):
-                    f = P.tf[gi * P.tf_stride + j]
-                    for i in range(Tn):
-                        hre[i] += f * P.rows.t_htre[gi * Tn + i]
-                        him[i] += f * P.rows.t_htim[gi * Tn + i]
-            # coupling strengths J_k f_k(t) at the stage time
-            for k in range(P.n_cp):
-                Jf[k] = P.cp_J[k]
-                if P.cp_tf[k] >= 0:
-                    Jf[k] = Jf[k] * P.tf[P.cp_tf[k] * P.tf_stride + j]
-            src = y0 if st == 0 else ys
-            nxt = ys if st < 3 else yn
-            if tan:
-                dsrc = dy0 if st == 0 else dys
-                dnxt = dys if st < 3 else dyn
-            for c in range(P.C):
-                off = P.c_off[c] * blk
-                D = P.c_D[c]
-                cluster_fields(P, c, Jf, Ec, fld)      # from the symbols of this stage
-                if tan:
-                    cluster_fields(P, c, Jf, dEc, dfld)
-                    apply_rows_tan(&P.rows, P.c_off[c], D, R, src + off, dsrc + off, kb, dkb,
-                                   fld, dfld, hcre, hcim)
-                    rk_update(st, D * blk, dyn + off, dys + off, dy0 + off, dsrc + off, dkb,
-                              P.dt)
-                else:
-                    apply_rows(&P.rows, P.c_off[c], D, R, src + off, kb, fld, hcre, hcim)
-                rk_update(st, D * blk, yn + off, ys + off, y0 + off, src + off, kb, P.dt)
-                for g in range(P.c_ge[c], P.c_ge[c + 1]):
-                    expect_group(&P.dex, g, R, P.w, nxt + off, En, qb)
-                    if tan:
-                        dexpect_group(&P.dex, g, R, P.w, nxt + off, dnxt + off, dEn, qb)
-            tmp = Ec
-            Ec = En
-            En = tmp
-            tmp = dEc
-            dEc = dEn
-            dEn = tmp
-        tmp = y0
-        y0 = yn
-        yn = tmp
-        tmp = dy0
-        dy0 = dyn
-        dyn = tmp
-        n += 1
-        if n % P.out_every == 0:
-            oi = n // P.out_every
-            if observe(P, y0, dy0, Eo, dEo, qb, scr, oi, s0, ns, &P.bad_s[ch]):
-                P.bad_out[ch] = oi
-    _copy_out(P, y0, P.psi_out, s0, ns)
-    if tan:
-        _copy_out(P, dy0, P.dpsi_out, s0, ns)
