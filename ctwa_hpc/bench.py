@@ -97,8 +97,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -440,24 +438,6 @@ def _limit_blas_threads():
 # ------------------------------------------------------------------------------------------
 # report
 # ------------------------------------------------------------------------------------------
-def machine_info():
-    info = {"platform": platform.platform(), "python": platform.python_version(),
-            "numpy": np.__version__, "cpus": os.cpu_count(), "kernel": kernels.compiled_info()}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:  # pragma: no cover
-        pass
-    try:
-        info["load_average"] = os.getloadavg()
-    except OSError:  # pragma: no cover
-        pass
-    return info
-
-
 def run_bench(quick=False, json_path=None, backend="auto", cases=None, out=sys.stdout,
               threads=None, crossover=False):
     """Run the benchmark cases, print a table, optionally write JSON; return the report.
@@ -466,7 +446,7 @@ def run_bench(quick=False, json_path=None, backend="auto", cases=None, out=sys.s
     OpenMP and hybrid MPI × OpenMP measurements with these thread counts (OpenMP build);
     ``crossover``: also the sparse/dense crossover (:mod:`ctwa_hpc.bench_scaling`).
     """
-    from .bench_scaling import _best_of, _rescale, blas_reference
+    from .bench_scaling import _best_of, _rescale, blas_reference, machine_info
     used = kernels.resolve_backend(backend)
     ref = blas_reference(quick)
     names = cases or (QUICK_CASES if quick else [c.name for c in CASES])
@@ -550,6 +530,7 @@ def print_table(report, out=sys.stdout):
         for c in sec["cases"]:
             items = c.get("threads") or c.get("layouts")
             txt = ", ".join(f"{k}: {v['sample_steps_per_s']:,.0f}/s ({v['speedup']:.2f}×, "
+                            f"cpu {v['cpu_share']:.0%}, "
                             f"{'identical' if v['identical'] else 'DIFFERENT'})"
                             for k, v in items.items())
             p(f"{title} {c['name']}: {txt}", file=out)

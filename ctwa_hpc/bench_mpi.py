@@ -301,10 +301,13 @@ def scale_table(ranks, job=None):
                        ckpt_rank_bytes=float(np.median([s["bytes"] for s in saves])),
                        ckpt_save_bytes=float(np.median([s["bytes"] for s in saves]) * n),
                        ckpt_save_s=float(max(s["seconds"] for s in saves)),
-                       est_memory=est.get("memory_per_rank"), est_output=est.get("output"),
+                       est_memory=max(est.get("memory_per_rank") or 0,
+                                      est.get("memory_rank0") or 0) or None,
+                       est_output=est.get("output"),
                        est_ckpt_save=est.get("checkpoint_per_save"), est_time=est.get("time_s"),
                        wall_s=float(data["attrs"]["wall_time_s"]),
-                       imbalance=lb.get("imbalance"), busy_max=lb.get("max"),
+                       imbalance=lb.get("imbalance"), cpu_imbalance=lb.get("cpu_imbalance"),
+                       busy_max=lb.get("max"),
                        max_diff_vs_first=_max_diff(ref, data))
             # restart: stop after one block per rank, then time the checkpoint start of --resume
             code_b, _, _, err_b = _launch_ranks(
@@ -318,7 +321,6 @@ def scale_table(ranks, job=None):
                                                           ["-o", cut, "--resume", "-q", *job])
             starts = [r["start_s"] for r in reps_c if r.get("start_s") is not None]
             row.update(resume_command_s=wall_c, restart_s=float(max(starts)) if starts else None,
-                       ckpt_files_read=n * (1 + 1.0 / n) if starts else None,
                        resume_ok=code_c == 0)
             if code_c == 0:
                 row["resume_max_diff"] = _max_diff(data, io.load(cut))
@@ -348,7 +350,7 @@ def print_scale(rep):
     print(f"scale: {rep['config']} {rep['job']}")
     print(f"{'ranks':>5s} {'RSS max':>8s} {'RSS med':>8s} {'est mem':>8s} {'output':>8s} "
           f"{'partial':>8s} {'est out':>8s} {'ckpt/sv':>8s} {'est ck':>8s} {'restart':>8s} "
-          f"{'cmd':>6s} {'imbal':>6s} {'Δ vs 1':>8s}")
+          f"{'cmd':>6s} {'imbal':>6s} {'cpu':>5s} {'Δ vs 1':>8s}")
     print(f"{'':5s} {'[MiB]':>8s} {'[MiB]':>8s} {'[MiB]':>8s} {'[MiB]':>8s} {'[MiB]':>8s} "
           f"{'[MiB]':>8s} {'[MiB]':>8s} {'[MiB]':>8s} {'[s]':>8s} {'[s]':>6s} {'':>6s}")
     for r in rep["rows"]:
@@ -357,11 +359,12 @@ def print_scale(rep):
             continue
         rs = "-" if r.get("restart_s") is None else f"{r['restart_s']:.3f}"
         imb = "-" if r.get("imbalance") is None else f"{100 * r['imbalance']:.0f}%"
+        cpu = "-" if r.get("cpu_imbalance") is None else f"{100 * r['cpu_imbalance']:.0f}%"
         print(f"{r['ranks']:5d} {_mb(r['rss_max']):>8s} {_mb(r['rss_median']):>8s} "
               f"{_mb(r['est_memory']):>8s} {_mb(r['output_bytes']):>8s} "
               f"{_mb(r['partial_bytes']):>8s} {_mb(r['est_output']):>8s} "
               f"{_mb(r['ckpt_save_bytes']):>8s} {_mb(r['est_ckpt_save']):>8s} {rs:>8s} "
-              f"{r['command_s']:6.1f} {imb:>6s} {r['max_diff_vs_first']:8.1e}"
+              f"{r['command_s']:6.1f} {imb:>6s} {cpu:>5s} {r['max_diff_vs_first']:8.1e}"
               + ("" if r["ok"] else f"  FAILED: {r.get('error', '')[:200]}"))
 
 

@@ -1,5 +1,6 @@
 r"""The machine's reference and the scaling measurements of ``ctwa-hpc bench``.
 
+* :func:`machine_info`: platform, CPU, load average, kernel build;
 * :func:`blas_reference`: single-core dgemm/sgemm GFLOP/s of numpy's BLAS in a subprocess,
   best (``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE`` removed) and pinned, with the kernel that
   ran (see the docstring of :mod:`ctwa_hpc.bench`);
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -121,6 +123,25 @@ def dgemm_gflops(n=1000, reps=5):
     return _gemm_subprocess(env, (n,), reps)["dgemm"]
 
 
+def machine_info():
+    """Platform, CPU, load average and the compiled kernel of this run."""
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "numpy": np.__version__, "cpus": os.cpu_count(), "kernel": kernels.compiled_info()}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:  # pragma: no cover
+        pass
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:  # pragma: no cover
+        pass
+    return info
+
+
 # ------------------------------------------------------------------------------------------
 # threads: OpenMP inside a rank, and hybrid MPI × OpenMP
 # ------------------------------------------------------------------------------------------
@@ -128,8 +149,10 @@ THREAD_CASES = ("heis64_c4", "lr256_c2", "lr1024_c2")
 
 
 def thread_scaling(names=THREAD_CASES, threads=(1, 2), reps=5):
-    """Kernel rate with 1, 2, ... OpenMP threads (one process) and whether the columns and
-    the final state are bit-identical to one thread's.  Needs an OpenMP build."""
+    """Kernel rate (wall clock) with 1, 2, ... OpenMP threads (one process) and whether the
+    columns and the final state are bit-identical to one thread's.  ``cpu_share``: process CPU
+    time / (wall × threads) of the best repetition — below 1 when other jobs held cores, which
+    caps the speed-up on a shared node.  Needs an OpenMP build."""
     if not kernels.compiled_info().get("openmp"):
         return {"openmp": False, "cases": []}
     out = []
@@ -138,11 +161,16 @@ def thread_scaling(names=THREAD_CASES, threads=(1, 2), reps=5):
         t.once("cython", t.steps)
         res, ref = {}, None
         for th in threads:
-            best = min(t.once("cython", t.steps, threads=th) for _ in range(reps))
+            best, share = np.inf, None
+            for _ in range(reps):
+                c0 = time.process_time()
+                wall = t.once("cython", t.steps, threads=th)
+                if wall < best:
+                    best, share = wall, (time.process_time() - c0) / (wall * th)
             cols, psi = t.last
             if ref is None:
                 ref = (cols, psi)
-            res[th] = dict(sample_steps_per_s=t.n_samples * t.steps / best,
+            res[th] = dict(sample_steps_per_s=t.n_samples * t.steps / best, cpu_share=share,
                            identical=bool(np.array_equal(cols, ref[0])
                                           and np.array_equal(psi, ref[1])))
         one = res[threads[0]]["sample_steps_per_s"]
@@ -163,17 +191,22 @@ def _hybrid_worker(name, threads, reps, out_path):
     t.psi = np.ascontiguousarray(t.psi[:, :, own])
     t.n_samples = len(own)
     t.once("cython", t.steps, threads=threads)
-    best = np.inf
+    best, cpu = np.inf, 0.0
     for _ in range(reps):
         comm.Barrier()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         t.once("cython", t.steps, threads=threads)
+        c1 = time.process_time() - c0
         comm.Barrier()
-        best = min(best, time.perf_counter() - t0)
-    parts = parallel.gather_arrays(comm, {"cols": t.last[0]})
+        wall = time.perf_counter() - t0
+        if wall < best:
+            best, cpu = wall, c1
+    parts = parallel.gather_arrays(comm, {"cols": t.last[0], "cpu": np.array([cpu])})
     if comm.rank == 0:
         cols = np.concatenate([p["cols"] for p in parts], axis=-1)
-        np.savez(out_path, cols=cols, seconds=best, ranks=comm.size, threads=threads)
+        share = sum(float(p["cpu"][0]) for p in parts) / (best * comm.size * threads)
+        np.savez(out_path, cols=cols, seconds=best, ranks=comm.size, threads=threads,
+                 cpu_share=share)
 
 
 def hybrid_scaling(names=("lr256_c2", "lr1024_c2"), layouts=((1, 1), (1, 2), (2, 1)), reps=3):
@@ -206,6 +239,7 @@ def hybrid_scaling(names=("lr256_c2", "lr1024_c2"), layouts=((1, 1), (1, 2), (2,
                 ref = cols if ref is None else ref
                 rate = samples * steps / float(d["seconds"])
                 res[f"{ranks}x{th}"] = dict(ranks=ranks, threads=th, sample_steps_per_s=rate,
+                                            cpu_share=float(d["cpu_share"]),
                                             identical=bool(np.array_equal(cols, ref)))
             one = res["1x1"]["sample_steps_per_s"]
             for v in res.values():

@@ -77,8 +77,7 @@ MAX_STORED_COUPLINGS = 4_000_000   # runner.Simulation.MAX_STORED_COUPLINGS
 def _read_int(path):
     try:
         with open(path) as fh:
-            text = fh.read().strip()
-        return int(text)
+            return int(fh.read().strip())
     except (OSError, ValueError):
         return None
 
@@ -426,29 +425,22 @@ def estimate(sim, comm=None, ranks=None, node_ranks=None, calibrate_time=True):
 def _size(n):
     if n is None:
         return "?"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
-        if abs(n) < 1024 or unit == "EiB":
-            return f"{n:.3g} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.3g} EiB"
+    n, units = float(n), ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    k = 0
+    while abs(n) >= 1024 and k < len(units) - 1:
+        n, k = n / 1024, k + 1
+    return f"{int(n)} B" if k == 0 else f"{n:.3g} {units[k]}"
 
 
 def _duration(s):
-    if s is None:
-        return "? (not calibrated)"
-    if not math.isfinite(s):
-        return "inf"
-    if s < 120:
-        return f"{s:.3g} s"
-    if s < 2 * 3600:
-        return f"{s / 60:.3g} min"
-    if s < 3 * 86400:
-        return f"{s / 3600:.3g} h"
-    if s < YEAR_S:
-        return f"{s / 86400:.3g} days"
-    y = s / YEAR_S
-    return f"{y:.3g} year{'' if round(y, 3) == 1 else 's'}"
+    if s is None or not math.isfinite(s):
+        return "?" if s is None else "inf"
+    for limit, unit, scale in ((120, "s", 1), (7200, "min", 60), (259200, "h", 3600),
+                               (YEAR_S, "days", 86400)):
+        if s < limit:
+            return f"{s / scale:.3g} {unit}"
+    y = f"{s / YEAR_S:.3g}"
+    return f"{y} year{'' if y == '1' else 's'}"
 
 
 def lines(est):

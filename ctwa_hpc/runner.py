@@ -552,7 +552,8 @@ class _Loop:
         self.samples = 0
         self.reason = None
         self.cache = {}
-        self.busy = 0.0
+        self.busy = 0.0      # wall seconds on blocks
+        self.busy_cpu = 0.0  # CPU seconds on blocks (robust against oversubscribed cores)
         self.idle = 0.0
 
     def _stop_requested(self):
@@ -576,7 +577,7 @@ class _Loop:
         for i in mine:
             if self._stop_requested():
                 break
-            t_block = time.perf_counter()
+            t_block, c_block = time.perf_counter(), time.process_time()
             it = self.items[i]
             self.local.add(sim.row(it.realization, it.offset_index),
                            sim.run_block(it, self.cache), antithetic=anti)
@@ -589,6 +590,7 @@ class _Loop:
             if self.checkpoint is not None:
                 self.checkpoint.maybe_save(self.own, self.local)
             self.busy += time.perf_counter() - t_block
+            self.busy_cpu += time.process_time() - c_block
             res = sync.exchange([self.blocks, self.samples, 0.0, 0.0])
             if res is not None:
                 self.progress.update(res)
@@ -666,19 +668,22 @@ class Progress:
     def balance(self, loop):
         """Log (rank 0) the busy time per rank, min / median / max, and the imbalance
         max / mean − 1 (collective: one gather of two floats per rank)."""
-        times = self.comm.gather((loop.busy, loop.idle), root=0)
+        times = self.comm.gather((loop.busy, loop.idle, loop.busy_cpu), root=0)
         if self.comm.rank != 0 or not times:
             return None
-        busy = np.array([t[0] for t in times])
-        idle = np.array([t[1] for t in times])
-        mean = busy.mean()
-        imbalance = busy.max() / mean - 1.0 if mean > 0 else 0.0
+        busy, idle, cpu = (np.array([t[k] for t in times]) for k in range(3))
+
+        def excess(a):
+            return float(a.max() / a.mean() - 1.0) if a.mean() > 0 else 0.0
+
         stats_ = dict(min=float(busy.min()), median=float(np.median(busy)),
-                      max=float(busy.max()), mean=float(mean), imbalance=float(imbalance),
-                      idle_max=float(idle.max()), ranks=len(busy))
+                      max=float(busy.max()), mean=float(busy.mean()), imbalance=excess(busy),
+                      cpu_min=float(cpu.min()), cpu_max=float(cpu.max()),
+                      cpu_imbalance=excess(cpu), idle_max=float(idle.max()), ranks=len(busy))
         log.info("load balance: busy time per rank min %.3fs / median %.3fs / max %.3fs over "
-                 "%d rank(s); imbalance max/mean - 1 = %.1f%%; longest wait for the others "
-                 "%.3fs", stats_["min"], stats_["median"], stats_["max"], len(busy),
-                 100.0 * imbalance, stats_["idle_max"])
+                 "%d rank(s); imbalance max/mean - 1 = %.1f%% (CPU time: %.1f%%); longest "
+                 "wait for the others %.3fs", stats_["min"], stats_["median"], stats_["max"],
+                 len(busy), 100.0 * stats_["imbalance"], 100.0 * stats_["cpu_imbalance"],
+                 stats_["idle_max"])
         self.load_balance = stats_
         return stats_

@@ -19,7 +19,7 @@ Every rank takes a balanced contiguous block of the stage's items still to do, e
 ``numpy.array_split(todo, P)[rank]`` gives for the list ``todo`` (the first n mod P ranks get
 one item more), but computed from the stage's shape and the sorted finished positions alone
 (:meth:`Stage.share`): nothing proportional to the number of items is ever materialized, only
-the finished set of a resumed run (bounded by the work done) and this rank's index ranges.
+the finished set of a resumed run (bounded by the work done) and a few spans per rank.
 """
 from __future__ import annotations
 
@@ -212,38 +212,27 @@ class Stage:
                     s += run
                 if need > 0:  # s == nxt: a finished position, skip it
                     s, di = nxt + 1, di + 1
-        return Share(self._global_ranges(spans))
-
-    def _global_ranges(self, spans):
-        """Stage-position spans → global index ranges (split at row boundaries)."""
-        out = []
-        B, m = self.plan.blocks_per_row, self.m
-        for a, b in spans:
-            while a < b:
-                row, j = divmod(a, m)
-                take = min(b - a, m - j)
-                g = row * B + self.b0 + j
-                if out and out[-1][1] == g:
-                    out[-1] = (out[-1][0], g + take)
-                else:
-                    out.append((g, g + take))
-                a += take
-        return out
+        return Share(self, spans)
 
 
 class Share:
-    """A rank's items: a few contiguous global index ranges (iterable, ``len``)."""
+    """A rank's items: a few spans of stage positions (iterable, ``len``; the spans are
+    mapped to global item indices one by one, so even a share spread over many rows of a
+    stage costs O(number of spans) memory)."""
 
-    def __init__(self, ranges):
-        self.ranges = [(int(a), int(b)) for a, b in ranges if b > a]
-        self.n = sum(b - a for a, b in self.ranges)
+    def __init__(self, stage, spans):
+        self.stage = stage
+        self.spans = [(int(a), int(b)) for a, b in spans if b > a]
+        self.n = sum(b - a for a, b in self.spans)
 
     def __len__(self):
         return self.n
 
     def __iter__(self):
-        for a, b in self.ranges:
-            yield from range(a, b)
+        item = self.stage.item
+        for a, b in self.spans:
+            for p in range(a, b):
+                yield item(p)
 
     def __repr__(self):
-        return f"Share({self.ranges})"
+        return f"Share({self.n} items in stage positions {self.spans})"

@@ -101,7 +101,7 @@ def test_split_range_and_huge_plans_are_lazy():
     assert plan[n - 1] == WorkItem(10**12 - 1, 1, (-(-10**18 // 256) - 1) * 256, 10**18)
     t0 = time.perf_counter()
     share = plan.stages(None)[0].share(set(), 10**4, 1234)
-    assert len(share.ranges) == 1 and share.n == n // 10**4
+    assert len(share.spans) == 1 and share.n == n // 10**4
     stage = plan.stages(4)[7]
     share = stage.share({plan.index(0, 0, 28)}, 10**4, 0)
     assert share.n == (stage.n - 1) // 10**4 + 1
