@@ -21,7 +21,9 @@ Exit codes (the same on every rank; under MPI ``mpirun`` returns it too):
   2  bad input or refused: configuration errors (the message starts with the field), an
      existing output without ``--force``, ``-o`` equal to the config file, an output in use
      by another run (lock ``OUT.h5.lock``), a damaged or foreign checkpoint, errors found
-     during the run (a non-finite trajectory: reduce time.dt)
+     during the run (a non-finite trajectory: reduce time.dt), a run the pre-flight estimate
+     refuses (memory of the node or ``output.max_memory_gb`` exceeded, over a year of run
+     time; ``--ignore-limits`` overrides it, ``--force`` does not)
   3  interrupted by SIGTERM/SIGUSR1/SIGINT with a checkpoint saved (continue with the same
      command plus ``--resume``)
 
@@ -350,13 +352,11 @@ def _work(args, comm, flag, cfg, sim, path, lock):
     ck = None
     if sim.method != "exact":
         items = sim.plan_work()
-        row = getattr(sim, "row", sim.stream_key)
         per = 2 if sim.antithetic else 1
         ck = checkpoint.Checkpoint(
             checkpoint.directory_for(path), comm, cfg, len(items),
             cfg["output"]["checkpoint_every_s"],
-            item_rows=[row(it.realization, it.offset_index) for it in items],
-            item_counts=[(it.stop - it.start) // per for it in items],
+            item_rows=items.rows(), item_counts=items.counts(per),
             content_hash=getattr(getattr(sim, "models", None), "content_hash", None))
     try:
         result = sim.run(checkpoint=ck, resume=getattr(args, "resume", False),

@@ -28,17 +28,21 @@ Output file (bytes)::
 Checkpoint per save: every rank writes its moments and finished item list
 (``moments + 8·n_items/P_r`` each, P_r files).
 
+(Rank 0 holds its local sums, the reduced sums, the estimator temporaries and the writer's
+copies: 5 × moments is 5–15 % above the measured peaks of moment-heavy runs.)
+
 Run time::
 
-    T = (R·O · t_setup + R·O·samples · (t_draw + n_steps · t_step + n_t · t_add)) / P_r
+    T = (R·O · t_setup + n_items · t_call
+         + R·O·samples · (t_draw + n_steps · t_step + n_t · t_add)) / P_r
 
-with t_setup (model, partition and kernel tables of one replica), t_draw (sampling one
-initial condition), t_step (one RK4 step of one sample, output evaluation included at the
-run's output ratio) and t_add (accumulating one sample at one output time) measured on this
-problem in at most a few seconds.  With ``stop.stderr_target`` T is an upper bound.
-
-(rank 0 holds its local sums, the reduced sums, the estimator temporaries and the writer's
-copies: 5 × moments matched the measured peaks of moment-heavy runs within 10 %.)
+with t_setup (model, partition and kernel tables of one replica), t_call (fixed cost of one
+kernel call), t_draw (sampling one initial condition, its per-block part spread over the
+block), t_step (one RK4 step of one sample, output evaluation included at the run's output
+ratio) and t_add (accumulating one sample at one output time), measured on this problem in
+at most a few seconds (:func:`calibrate`).  When the set-up of one replica would exceed that
+budget (or 10⁻⁴ of the run), T is a lower bound from the sampling alone (``time_lower_bound``).
+With ``stop.stderr_target`` T is an upper bound.
 
 Refusal (:func:`check`): the node's need above its ``MemAvailable`` (``/proc/meminfo``,
 lowered by a cgroup limit), or the need of one rank above ``output.max_memory_gb``; or T
@@ -138,7 +142,7 @@ def process_rss():
     if peak is None:
         import resource
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return (cur if cur is not None else peak), peak
+    return cur or peak, peak
 
 
 def _nbytes(obj, seen=None, depth=0):
@@ -171,11 +175,9 @@ def _output_components(obs):
 
 
 def _disorder_bytes(sim, R, O):
-    inst = sim.instance(0)
-    N = sim.n_sites
+    inst, N = sim.instance(0), sim.n_sites
     d = np.shape(inst.positions)[-1] if inst.positions is not None else 1
-    total = 8 * R * N * d + 8 * R * O * N + 8 * R
-    total += 8 * R * N * len(getattr(inst, "fields", None) or {})
+    total = 8 * R * N * (d + O + len(getattr(inst, "fields", None) or {})) + 8 * R
     coup = getattr(inst, "couplings", None)
     if coup is not None and R * N * N * len(coup) <= MAX_STORED_COUPLINGS:
         total += 8 * R * N * N * len(coup)
@@ -205,7 +207,6 @@ def calibrate(sim, plan, ranks=1, budget_s=CALIBRATION_BUDGET_S):
     (predicted from the number of Hamiltonian terms); the caller then uses a lower bound.
     """
     import types
-
     from . import kernels, sampling, stats
     from .runner import propagate, propagate_two_time
     t_begin = time.perf_counter()
@@ -213,7 +214,8 @@ def calibrate(sim, plan, ranks=1, budget_s=CALIBRATION_BUDGET_S):
     S, steps, every = _calibration_shape(sim, plan)
     n2 = 2 if sim.antithetic else 1
     out = dict(samples=0, steps=0, out_every=every, draw_s=None, setup_s=None, step_s=None,
-               call_s=0.0, add_s=0.0, complete=False, skipped=None, vector_bytes=None, tables_bytes=None)
+               call_s=0.0, add_s=0.0, complete=False, skipped=None, vector_bytes=None,
+               tables_bytes=None)
 
     def draw(problem, n):
         ids = np.arange(n) + meth["first_sample"]

@@ -6,8 +6,8 @@
 2. ``partitions(r)``: the cluster partitions of realization r, one per configured offset
    (sec. II A, step 1; ``method.clustering`` may choose them from the couplings of r);
 3. ``plan_work()``: the (realization, offset, sample block) work items in one fixed global
-   order; every rank takes a balanced contiguous block of the items still to do
-   (:func:`~ctwa_hpc.parallel.split_list`);
+   order, a lazy :class:`~ctwa_hpc.workplan.WorkPlan` (O(1) memory); every rank takes a
+   balanced contiguous share of the items still to do (:meth:`~ctwa_hpc.workplan.Stage.share`);
 4. ``run()``: per block draw the Wigner samples (eq. (18) or (52)–(54)), integrate the
    classical equations (eq. (19)/(61) kernels, or eq. (10) in density-matrix form), and add
    the per-sample observable columns into :class:`~ctwa_hpc.stats.Moments`;
@@ -34,16 +34,9 @@ import numpy as np
 from . import checkpoint as ckpt_mod
 from . import clusters, config as config_mod, conservation, modelspec, observables, parallel
 from . import layout, sampling, states, stats
+from .workplan import WorkItem  # noqa: F401  (re-exported: items of Simulation.plan_work)
 
 log = logging.getLogger("ctwa_hpc")
-
-
-@dataclass
-class WorkItem:
-    realization: int
-    offset_index: int
-    start: int
-    stop: int
 
 
 @dataclass
