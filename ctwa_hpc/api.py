@@ -13,9 +13,9 @@ disorder realization), ``model.positions_file`` a :class:`~ctwa_hpc.geometry.Geo
 are errors naming the field) and stored with the result.
 
 Under ``mpirun`` the call is collective (every rank calls it; rank 0 gets the result, the other
-ranks ``None``).  Progress lines go to the ``ctwa_hpc`` logger (a handler printing to stderr is
-installed when none is configured, so they show in a notebook).  Ctrl-C stops the run at the end
-of the current work block and raises ``KeyboardInterrupt``.
+ranks ``None``) and progress lines go to the ``ctwa_hpc`` logger; on one process a live
+progress bar is drawn on stderr (it shows in place in a terminal and in a notebook).
+Ctrl-C stops the run at the end of the current work block and raises ``KeyboardInterrupt``.
 """
 from __future__ import annotations
 
@@ -170,12 +170,14 @@ def _ensure_handler(quiet):
 
 
 def run(config, overrides=None, *, output=None, force=False, comm=None, quiet=False,
-        backend=None):
+        backend=None, progress=True):
     """Run a CTWA (or exact, ``method.kind = "exact"``) simulation; returns a :class:`Result`.
 
     ``output``: also write the HDF5 file there (``force`` to overwrite).  ``comm``: an MPI
     communicator wrapper from :func:`ctwa_hpc.parallel.get_comm` (default: MPI when launched
-    under mpirun, else serial).  ``quiet``: no progress lines.
+    under mpirun, else serial).  ``quiet``: no progress output.  ``progress``: on one process,
+    a live progress bar on stderr (one carriage-return-updated line, rendered in place by
+    terminals and notebooks) instead of periodic progress lines.
     """
     from . import parallel
     from .runner import Simulation
@@ -188,6 +190,8 @@ def run(config, overrides=None, *, output=None, force=False, comm=None, quiet=Fa
     handler = _ensure_handler(quiet or comm.rank != 0)
     try:
         sim = Simulation(cfg, comm, backend=backend, quiet=quiet)
+        if progress and not quiet and comm.size == 1:
+            sim.progress_bar = sys.stderr
         res = sim.run()
         path = None
         if output is not None:

@@ -82,6 +82,7 @@ class Simulation:
         self.partitions(0)
         self.check_stop_config()
         self.partial = None
+        self.progress_bar = None   # a text stream: live progress bar (ctwa_hpc.run, serial)
         self._static = not self.build_model(0).time_dependent
         self.drift = conservation.DriftMonitor(self._static)
 
@@ -285,7 +286,8 @@ class Simulation:
             if flag is None:
                 flag, own_flag = ckpt_mod.StopFlag().install(), True
         progress = Progress(self.comm, items.total_samples, items.samples_of(done),
-                            items.n_items, self.cfg["output"]["progress_every_s"], self.quiet)
+                            items.n_items, self.cfg["output"]["progress_every_s"], self.quiet,
+                            bar=self.progress_bar)
         loop = _Loop(self, items, own, local, checkpoint, flag, progress)
         try:
             stopped = False
@@ -629,8 +631,13 @@ class Progress:
     this process run), so it needs no extra communication.
     """
 
-    def __init__(self, comm, total, already, n_blocks, every_s, quiet):
+    BAR_EVERY_S = 0.5
+    BAR_WIDTH = 30
+
+    def __init__(self, comm, total, already, n_blocks, every_s, quiet, bar=None):
         self.comm = comm
+        self.bar = bar if (bar is not None and not quiet and comm.size == 1) else None
+        self.last_bar = 0.0
         self.total, self.already, self.n_blocks = total, already, n_blocks
         self.every, self.quiet = every_s, quiet or comm.rank != 0
         self.load_balance = None
@@ -640,7 +647,10 @@ class Progress:
     def update(self, res):
         self.blocks, self.samples = int(res[0]), int(res[1])
         now = time.time()
-        if self.quiet or now - self.last < self.every:
+        if self.bar is not None and now - self.last_bar >= self.BAR_EVERY_S:
+            self.last_bar = now
+            self._draw(now)
+        if self.quiet or self.bar is not None or now - self.last < self.every:
             return
         self.last = now
         self._line(now, "progress")
@@ -654,8 +664,23 @@ class Progress:
                  "samples/s", what, done, self.total, 100.0 * done / max(self.total, 1),
                  _hms(el), _hms(rem), rate)
 
+    def _draw(self, now, end=""):
+        """One carriage-return-updated line (a progress bar in a terminal or notebook)."""
+        done = min(self.already + self.samples, self.total)
+        frac = done / max(self.total, 1)
+        el = now - self.t0
+        rate = self.samples / el if el > 0 else 0.0
+        rem = (self.total - done) / rate if rate > 0 else float("nan")
+        full = int(round(frac * self.BAR_WIDTH))
+        self.bar.write(f"\rctwa-hpc [{'#' * full}{'.' * (self.BAR_WIDTH - full)}] "
+                       f"{100 * frac:5.1f}%  {done}/{self.total} samples  elapsed {_hms(el)}"
+                       f"  remaining ~{_hms(rem)}   {end}")
+        self.bar.flush()
+
     def final(self):
-        if not self.quiet:
+        if self.bar is not None:
+            self._draw(time.time(), end="\n")
+        elif not self.quiet:
             self._line(time.time(), "done")
 
     def balance(self, loop):

@@ -373,3 +373,13 @@ def test_long_range_ising_lattice_against_closed_form():
     zs = np.abs(res.mean("sx") - res.exact_mean("sx")) / np.sqrt(res.stderr("sx") ** 2
                                                                   + RK4_FLOOR ** 2)
     assert zs.max() < 5.0 and 0.6 < zs[1:].mean() < 1.0       # unbiased: mean |z| ≈ 0.80
+
+
+def test_api_progress_bar_on_one_process(capsys):
+    ctwa_hpc.run("jobs/tfim4.toml", {"method.samples": 400, "method.batch": 100,
+                                     "output.compare_exact": False})
+    err = capsys.readouterr().err
+    assert "\rctwa-hpc [" in err and "100.0%" in err and "400/400 samples" in err
+    ctwa_hpc.run("jobs/tfim4.toml", {"method.samples": 40, "output.compare_exact": False},
+                 quiet=True)
+    assert "ctwa-hpc [" not in capsys.readouterr().err
