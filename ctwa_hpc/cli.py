@@ -181,7 +181,8 @@ def _decide(cfg, sim, args, comm):
     try:
         if (getattr(args, "resume", False) and sim.method != "exact" and os.path.exists(path)
                 and not args.force):
-            if io.stored_config_hash(path) == checkpoint.config_hash(cfg):
+            if io.stored_config_hash(path) == checkpoint.config_hash(
+                    cfg, getattr(getattr(sim, "models", None), "content_hash", None)):
                 # finished earlier (a checkpoint left by a kill after the write is stale)
                 shutil.rmtree(checkpoint.directory_for(path), ignore_errors=True)
                 return None, "complete"

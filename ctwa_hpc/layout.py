@@ -93,7 +93,7 @@ def root_attrs(result, writer):
     cfg = result.cfg
     out = {
         "config_toml": config_mod.dumps(cfg),
-        "config_hash": config_hash(cfg),
+        "config_hash": config_hash(cfg, result.extra.get("model_content_hash")),
         "ctwa_hpc_version": __version__,
         "git_revision": git_revision(),
         "method": result.method,
