@@ -17,7 +17,7 @@ OPENMP  ?= 0
 NP      ?= 2
 STAMP_STACK := $(VENV)/.stack-ready
 STAMP_BUILD := $(VENV)/.build-ready
-PYX     := $(wildcard cython_kernels/*.pyx cython_kernels/*.pxd)
+PYX     := $(wildcard cython_kernels/*.pyx cython_kernels/*.pxd cython_kernels/*.pxi)
 
 # Open MPI as root in containers/CI, and more ranks than cores for tests; harmless elsewhere.
 export OMPI_ALLOW_RUN_AS_ROOT := 1

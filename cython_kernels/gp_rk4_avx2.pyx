@@ -10,21 +10,4 @@ cdef extern from *:
     #endif
     """
 
-from cpython.pycapsule cimport PyCapsule_New
-
-from gp_types cimport Plan, CTWA_SW, CTWA_VW, CTWA_LEVEL, CTWA_RB
-from gp_chunk cimport gp_chunk
-
-
-cdef void _chunk(Plan* P, Py_ssize_t ch, void** ws) noexcept nogil:
-    gp_chunk(P, ch, ws)
-
-
-def build_info():
-    """(level, vector width, chunk width, bytes per real) this module was compiled for."""
-    return CTWA_LEVEL, CTWA_VW, CTWA_SW, CTWA_RB
-
-
-def kernel():
-    """Capsule ``ctwa_gp_chunk`` holding ``void (*)(Plan*, Py_ssize_t, void**)``."""
-    return PyCapsule_New(<void*>_chunk, b"ctwa_gp_chunk", NULL)
+include "gp_variant.pxi"
