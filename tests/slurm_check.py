@@ -239,13 +239,21 @@ def check_jobs(tmp):
         time.sleep(0.05)
     time.sleep(0.3)
     sh(["scancel", "--batch", "--signal=TERM", job], timeout=10)
-    t0, info = time.time(), ""
+    t0, info, relaunched = time.time(), "", 0
     while time.time() - t0 < 100:
         info = job_info(job)
         if "Restarts=0" not in info:
             if "JobState=PENDING" in info and "Reason=BeginTime" in info:
                 # a requeued job waits ~2 min (BeginTime): let it start again now
                 sh(["scontrol", "update", f"JobId={job}", "StartTime=now"], timeout=10)
+            elif finished(info) and "JobState=FAILED" in info and "RunTime=00:00:00" in info \
+                    and relaunched < 2:
+                # slurmd race: a requeue that arrives while slurmd still holds the killed job
+                # is dropped at launch ("Job N already killed, do not launch batch job"), the
+                # batch script never runs and the job reads FAILED after 0 s.  Requeue again.
+                relaunched += 1
+                time.sleep(1.0)
+                sh(["scontrol", "requeue", job], timeout=10)
             elif finished(info):
                 break
         time.sleep(0.2)
