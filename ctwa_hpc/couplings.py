@@ -40,26 +40,24 @@ def _prefix(where, name):
     return f"{where}: {name}" if where else name
 
 
+def _canonical(key, prefix, allowed, where, expected):
+    k = key.lower() if isinstance(key, str) else None
+    if k is not None and k.startswith(prefix):
+        k = k[len(prefix):]
+    if k not in allowed:
+        raise ValueError(f"{where}: unknown {expected[0]} key {key!r} (expected {expected[1]})")
+    return k
+
+
 def pair_key(key, where="J"):
     """Canonical pair family of ``key``: "xx", "J_xx", "J_XY" → "xx", "xy"; else ValueError."""
-    k = key.lower() if isinstance(key, str) else None
-    if k is not None and k.startswith("j_"):
-        k = k[2:]
-    if k not in PAIR_KEYS:
-        raise ValueError(f"{where}: unknown coupling key {key!r} (expected one of "
-                         f"{', '.join(PAIR_KEYS)}, optionally as J_xx, ...)")
-    return k
+    return _canonical(key, "j_", PAIR_KEYS, where,
+                      ("coupling", f"one of {', '.join(PAIR_KEYS)}, optionally as J_xx, ..."))
 
 
 def field_key(key, where="h"):
     """Canonical field component of ``key``: "z", "h_z" → "z"; else ValueError."""
-    k = key.lower() if isinstance(key, str) else None
-    if k is not None and k.startswith("h_"):
-        k = k[2:]
-    if k not in FIELD_KEYS:
-        raise ValueError(f"{where}: unknown field key {key!r} (expected x, y, z or h_x, h_y, "
-                         "h_z)")
-    return k
+    return _canonical(key, "h_", FIELD_KEYS, where, ("field", "x, y, z or h_x, h_y, h_z"))
 
 
 def _real_array(value, name):

@@ -84,37 +84,30 @@ def _checkerboard(cells, sizes, periodic):
     return (cells.sum(axis=1) % 2).astype(np.int64)
 
 
+def _hypercubic(sizes, kind, boundary, spacing):
+    """Simple hypercubic lattice of ``sizes`` cells, r = a · cell, checkerboard bipartition."""
+    sizes = _check_size(list(sizes))
+    a = _check_spacing(spacing)
+    per = _periodic_flags(boundary, len(sizes))
+    cells = _cell_grid(sizes)
+    return Geometry(positions=a * cells.astype(float), box=a * np.array(sizes, float),
+                    periodic=per, sublattice=_checkerboard(cells, sizes, per), cells=cells,
+                    kind=kind, lattice_shape=sizes)
+
+
 def chain(L, boundary="open", spacing=1.0):
     """Chain of L sites at x = a i."""
-    (L,) = _check_size([L])
-    a = _check_spacing(spacing)
-    per = _periodic_flags(boundary, 1)
-    cells = _cell_grid((L,))
-    return Geometry(positions=a * cells.astype(float), box=np.array([a * L]), periodic=per,
-                    sublattice=_checkerboard(cells, (L,), per), cells=cells, kind="chain",
-                    lattice_shape=(L,))
+    return _hypercubic([L], "chain", boundary, spacing)
 
 
 def square(Lx, Ly, boundary="open", spacing=1.0):
     """Lx x Ly square lattice, r = a (x, y)."""
-    sizes = _check_size([Lx, Ly])
-    a = _check_spacing(spacing)
-    per = _periodic_flags(boundary, 2)
-    cells = _cell_grid(sizes)
-    return Geometry(positions=a * cells.astype(float), box=a * np.array(sizes, float),
-                    periodic=per, sublattice=_checkerboard(cells, sizes, per), cells=cells,
-                    kind="square", lattice_shape=sizes)
+    return _hypercubic([Lx, Ly], "square", boundary, spacing)
 
 
 def cubic(Lx, Ly, Lz, boundary="open", spacing=1.0):
     """Lx x Ly x Lz simple cubic lattice, r = a (x, y, z)."""
-    sizes = _check_size([Lx, Ly, Lz])
-    a = _check_spacing(spacing)
-    per = _periodic_flags(boundary, 3)
-    cells = _cell_grid(sizes)
-    return Geometry(positions=a * cells.astype(float), box=a * np.array(sizes, float),
-                    periodic=per, sublattice=_checkerboard(cells, sizes, per), cells=cells,
-                    kind="cubic", lattice_shape=sizes)
+    return _hypercubic([Lx, Ly, Lz], "cubic", boundary, spacing)
 
 
 def _even_rows(kind, Ly, per):
