@@ -196,7 +196,7 @@ def run(config, overrides=None, *, output=None, force=False, comm=None, quiet=Fa
         path = None
         if output is not None:
             from . import io
-            io.write_output(cfg["output"]["path"], res, comm, partial=sim.partial, force=force)
+            io.write_output(cfg["output"]["path"], res, comm, rows=sim.rows, force=force)
             path = cfg["output"]["path"]
     finally:
         if handler is not None:

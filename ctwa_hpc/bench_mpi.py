@@ -12,14 +12,20 @@ clusters) and reports
   (8 realizations of the N = 16 chain, 64 work blocks, 101 output times) per rank count, with
   peak RSS per rank, output bytes, checkpoint bytes per save, restart time (the checkpoint
   load of ``--resume`` after a stop at one block per rank) and the busy-time imbalance.
-  Quantities that grow with P today (``/partial`` in the output, the checkpoint, the
-  restart's file reads) are reported as measured.
+  The output and the per-rank checkpoint file stay flat in P (streaming rows,
+  :mod:`ctwa_hpc.rowstore`); the checkpoint round over all ranks grows only by the rows in
+  flight (≤ 2 per rank);
+* **allreduce** (``--allreduce-ranks``, default 2, 4, 8; oversubscribed from 4 ranks on a
+  2-core machine): the time of one ``Allreduce`` (sum) of a float64 buffer of 1 KiB, 64 KiB,
+  1 MiB and 16 MiB per rank count, the effective bandwidth (message bytes / time) and the fit
+  t(P, m) ≈ a·log2(P) + m/B that the README's scaling model to 10⁴ ranks extrapolates.
 
 Each rank of the scale runs is launched through this module (``python -m ctwa_hpc.bench_mpi
 _rank PREFIX run ...``): it runs the ordinary command line and writes ``PREFIX.rank<k>.json``
 with its ``ru_maxrss``, the duration and bytes of every checkpoint save, the duration of the
 checkpoint start (load and adopt), the pre-flight estimate and the load balance.  Nothing in
-the production code paths is changed by it.
+the production code paths is changed by it.  The allreduce ranks run ``python -m
+ctwa_hpc.bench_mpi _allreduce OUT.json REPEAT SIZE...`` (:func:`allreduce_main`).
 
 Times are the run's own ``wall_time_s`` (sampling, integration, reduction; the HDF5 write and
 interpreter start-up are excluded) and the launch-to-exit time of the whole command; each
@@ -106,9 +112,16 @@ def main(argv=None):
     ap.add_argument("--scale-ranks", default="1,2,4,8,16,32",
                     help="rank counts of the scale table (comma separated; '' to skip)")
     ap.add_argument("--scale-only", action="store_true", help="only the scale table")
+    ap.add_argument("--allreduce-ranks", default="2,4,8",
+                    help="rank counts of the allreduce timing (comma separated; '' to skip)")
+    ap.add_argument("--allreduce-repeat", type=int, default=21,
+                    help="timed Allreduce calls per message size (median kept)")
+    ap.add_argument("--allreduce-only", action="store_true", help="only the allreduce timing")
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "_rank":
         return rank_main(argv[1:])
+    if argv and argv[0] == "_allreduce":
+        return allreduce_main(argv[1:])
     a = ap.parse_args(argv)
     if a.quick:
         a.samples, a.t_max, a.repeat = 2048, 2.0, 1
@@ -116,6 +129,15 @@ def main(argv=None):
         print("bench_mpi: mpirun not found", file=sys.stderr)
         return 1
     scale_ranks = [int(x) for x in a.scale_ranks.split(",") if x.strip()]
+    allreduce_ranks = [int(x) for x in a.allreduce_ranks.split(",") if x.strip()]
+    if a.allreduce_only:
+        rep = {"host": platform.node(), "cpus": os.cpu_count(),
+               "allreduce": allreduce_table(allreduce_ranks, repeat=a.allreduce_repeat)}
+        print_allreduce(rep["allreduce"])
+        with open(a.json, "w") as fh:
+            json.dump(rep, fh, indent=1)
+        print(f"wrote {a.json}")
+        return 0 if all(r["ok"] for r in rep["allreduce"]["rows"]) else 1
     if a.scale_only:
         rep = {"host": platform.node(), "cpus": os.cpu_count(),
                "scale": scale_table(scale_ranks)}
@@ -164,6 +186,10 @@ def main(argv=None):
         report["scale"] = scale_table(scale_ranks)
         print_scale(report["scale"])
         ok = ok and all(r["ok"] for r in report["scale"]["rows"])
+    if allreduce_ranks:
+        report["allreduce"] = allreduce_table(allreduce_ranks, repeat=a.allreduce_repeat)
+        print_allreduce(report["allreduce"])
+        ok = ok and all(r["ok"] for r in report["allreduce"]["rows"])
     with open(a.json, "w") as fh:
         json.dump(report, fh, indent=1)
     print(f"wrote {a.json}")
@@ -216,9 +242,9 @@ def rank_main(argv):
         finally:
             rep["start_s"] = time.perf_counter() - t0
 
-    def timed_save(self, own, moments):
+    def timed_save(self, *a, **k):
         t0 = time.perf_counter()
-        save(self, own, moments)
+        save(self, *a, **k)
         path = self._file(self.generation, self.comm.rank)
         rep["saves"].append(dict(seconds=time.perf_counter() - t0,
                                  bytes=os.path.getsize(path) if os.path.exists(path) else 0))
@@ -296,8 +322,8 @@ def scale_table(ranks, job=None):
             lb = next((r["load_balance"] for r in reps if r.get("load_balance")), None) or {}
             row.update(rss_max=float(rss.max()), rss_median=float(np.median(rss)),
                        rss_rank0=float(rss[0]), output_bytes=os.path.getsize(out),
-                       partial_bytes=int(sum(np.asarray(v).nbytes for v in
-                                             data.get("partial", {}).values())),
+                       moments_bytes=int(sum(np.asarray(v).nbytes for v in
+                                             data.get("moments", {}).values())),
                        ckpt_rank_bytes=float(np.median([s["bytes"] for s in saves])),
                        ckpt_save_bytes=float(np.median([s["bytes"] for s in saves]) * n),
                        ckpt_save_s=float(max(s["seconds"] for s in saves)),
@@ -349,10 +375,12 @@ def _mb(x):
 def print_scale(rep):
     print(f"scale: {rep['config']} {rep['job']}")
     print(f"{'ranks':>5s} {'RSS max':>8s} {'RSS med':>8s} {'est mem':>8s} {'output':>8s} "
-          f"{'partial':>8s} {'est out':>8s} {'ckpt/sv':>8s} {'est ck':>8s} {'restart':>8s} "
+          f"{'moments':>8s} {'est out':>8s} {'ckpt/rk':>8s} {'ckpt/sv':>8s} {'est ck':>8s} "
+          f"{'restart':>8s} "
           f"{'cmd':>6s} {'imbal':>6s} {'cpu':>5s} {'Δ vs 1':>8s}")
     print(f"{'':5s} {'[MiB]':>8s} {'[MiB]':>8s} {'[MiB]':>8s} {'[MiB]':>8s} {'[MiB]':>8s} "
-          f"{'[MiB]':>8s} {'[MiB]':>8s} {'[MiB]':>8s} {'[s]':>8s} {'[s]':>6s} {'':>6s}")
+          f"{'[MiB]':>8s} {'[MiB]':>8s} {'[MiB]':>8s} {'[MiB]':>8s} {'[s]':>8s} {'[s]':>6s} "
+          f"{'':>6s}")
     for r in rep["rows"]:
         if not r["ok"] and "rss_max" not in r:
             print(f"{r['ranks']:5d} FAILED: {r.get('error', '')[:300]}")
@@ -362,10 +390,149 @@ def print_scale(rep):
         cpu = "-" if r.get("cpu_imbalance") is None else f"{100 * r['cpu_imbalance']:.0f}%"
         print(f"{r['ranks']:5d} {_mb(r['rss_max']):>8s} {_mb(r['rss_median']):>8s} "
               f"{_mb(r['est_memory']):>8s} {_mb(r['output_bytes']):>8s} "
-              f"{_mb(r['partial_bytes']):>8s} {_mb(r['est_output']):>8s} "
-              f"{_mb(r['ckpt_save_bytes']):>8s} {_mb(r['est_ckpt_save']):>8s} {rs:>8s} "
+              f"{_mb(r['moments_bytes']):>8s} {_mb(r['est_output']):>8s} "
+              f"{_mb(r['ckpt_rank_bytes']):>8s} {_mb(r['ckpt_save_bytes']):>8s} {_mb(r['est_ckpt_save']):>8s} {rs:>8s} "
               f"{r['command_s']:6.1f} {imb:>6s} {cpu:>5s} {r['max_diff_vs_first']:8.1e}"
               + ("" if r["ok"] else f"  FAILED: {r.get('error', '')[:200]}"))
+
+
+# -- allreduce timing ---------------------------------------------------------------------------
+ALLREDUCE_SIZES = (2**10, 2**16, 2**20, 2**24)     # message bytes (float64 buffers)
+ALLREDUCE_WARMUP = 3
+
+
+def allreduce_main(argv):
+    """One rank of the allreduce timing: ``OUT.json REPEAT SIZE...`` (SIZE in bytes).
+
+    For every size: a float64 buffer of SIZE bytes, ``ALLREDUCE_WARMUP`` untimed calls, then
+    REPEAT timed ``Allreduce`` (sum, in-package through :func:`parallel.raw`) calls (a quarter
+    of them, at least 5, from 16 MiB on), each one after a ``Barrier``.  A call's time is that
+    of the slowest rank (what the collective costs the job); the median over the calls is
+    reported, with the fastest and slowest call.  The sum is checked against P(P+1)/2.  Rank 0
+    writes OUT.json."""
+    from . import parallel
+    comm = parallel.get_comm()
+    mpi = parallel.raw(comm)
+    if mpi is None:
+        print("bench_mpi _allreduce: needs mpi4py under mpirun", file=sys.stderr)
+        return 1
+    out, repeat, sizes = argv[0], int(argv[1]), [int(x) for x in argv[2:]]
+    expect = comm.size * (comm.size + 1) / 2
+    rows = []
+    for size in sizes:
+        send = np.full(size // 8, comm.rank + 1.0)
+        recv = np.empty_like(send)
+        n_rep = repeat if size < 2**24 else max(5, repeat // 4)
+        for _ in range(ALLREDUCE_WARMUP):
+            mpi.Allreduce(send, recv)            # mpi4py's default op is MPI.SUM
+        times = []
+        for _ in range(n_rep):
+            comm.Barrier()
+            t0 = time.perf_counter()
+            mpi.Allreduce(send, recv)
+            times.append(time.perf_counter() - t0)
+        ok = bool(recv[0] == expect and recv[-1] == expect)
+        gathered = comm.gather((times, ok), root=0)
+        if comm.rank == 0:
+            worst = np.max([g[0] for g in gathered], axis=0)
+            rows.append(dict(bytes=size, repeat=n_rep, seconds=float(np.median(worst)),
+                             min_s=float(worst.min()), max_s=float(worst.max()),
+                             ok=all(g[1] for g in gathered)))
+    if comm.rank == 0:
+        with open(out, "w") as fh:
+            json.dump({"ranks": comm.size, "sizes": rows,
+                       "mpi_library": parallel.library_version()}, fh)
+    return 0
+
+
+def allreduce_table(ranks, sizes=ALLREDUCE_SIZES, repeat=21, timeout=120):
+    """``mpirun -n P`` of :func:`allreduce_main` for every P of ``ranks``: one row per
+    (P, size) with the median time and the effective bandwidth bytes / time, and the fit."""
+    rows, cpus, library = [], os.cpu_count() or 1, None
+    env = {**os.environ, **MPI_ENV,
+           "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="ctwa-allreduce-") as tmp:
+        for n in ranks:
+            out = os.path.join(tmp, f"allreduce{n}.json")
+            cmd = ["mpirun", "-n", str(n), sys.executable, "-m", "mpi4py", "-m",
+                   "ctwa_hpc.bench_mpi", "_allreduce", out, str(repeat), *map(str, sizes)]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                               env=env)
+            if r.returncode != 0 or not os.path.exists(out):
+                rows.append(dict(ranks=n, ok=False, error=(r.stderr or r.stdout)[-2000:]))
+                continue
+            with open(out) as fh:
+                got = json.load(fh)
+            library = got["mpi_library"]
+            for row in got["sizes"]:
+                rows.append(dict(ranks=n, oversubscribed=n > cpus,
+                                 gb_per_s=row["bytes"] / row["seconds"] / 1e9, **row))
+    return {"rows": rows, "fit": fit_allreduce([r for r in rows if "seconds" in r]),
+            "cpus": cpus, "mpi_library": library, "load_average_before": load,
+            "load_average_after": os.getloadavg()[0]}
+
+
+def fit_allreduce(rows):
+    """Least-squares fit t(P, m) = a·log2(P) + m/B over the rows, in relative error (each point
+    weighted by 1/t, so the 1 KiB and the 16 MiB points count alike): a [s], B [bytes/s].
+
+    Also a pessimistic pair from the largest P alone (the most oversubscribed run here):
+    ``a_bound_s`` = t(smallest message) / log2 P and ``bandwidth_bound`` = largest message / its
+    time, i.e. as if every stage cost what it costs with P ranks sharing the cores."""
+    if len(rows) < 2:
+        return None
+    t = np.array([r["seconds"] for r in rows])
+    A = np.array([[np.log2(r["ranks"]), r["bytes"]] for r in rows]) / t[:, None]
+    (a, inv_b), *_ = np.linalg.lstsq(A, np.ones_like(t), rcond=None)
+    model = a * np.log2([r["ranks"] for r in rows]) + inv_b * np.array([r["bytes"] for r in rows])
+    top = [r for r in rows if r["ranks"] == max(q["ranks"] for q in rows)]
+    small, large = min(top, key=lambda r: r["bytes"]), max(top, key=lambda r: r["bytes"])
+    return dict(a_s=float(a), bandwidth_bytes_per_s=float(1 / inv_b) if inv_b > 0 else None,
+                max_rel_residual=float(np.max(np.abs(model / t - 1))),
+                bound_ranks=top[0]["ranks"],
+                a_bound_s=small["seconds"] / max(np.log2(small["ranks"]), 1.0),
+                bandwidth_bound=large["bytes"] / large["seconds"])
+
+
+def allreduce_model(fit, ranks, nbytes, bound=False):
+    """The fitted t(P, m) [s] (``bound``: with the pessimistic pair); an extrapolation, see the
+    README's scaling model."""
+    if bound:
+        return fit["a_bound_s"] * np.log2(ranks) + nbytes / fit["bandwidth_bound"]
+    return fit["a_s"] * np.log2(ranks) + nbytes / fit["bandwidth_bytes_per_s"]
+
+
+def _size(b):
+    return f"{b / 2**20:g} MiB" if b >= 2**20 else f"{b / 2**10:g} KiB"
+
+
+def print_allreduce(rep):
+    print(f"allreduce: float64 sum, median of the slowest rank per call after a barrier "
+          f"({rep['mpi_library']}; {rep['cpus']} cpus: '*' = oversubscribed, the times then "
+          f"include the ranks waiting for a core; load average {rep['load_average_before']:.2f}"
+          f" / {rep['load_average_after']:.2f})")
+    print(f"{'ranks':>6s} {'message':>9s} {'calls':>5s} {'median [s]':>11s} {'min [s]':>10s} "
+          f"{'max [s]':>10s} {'GB/s':>7s}")
+    for r in rep["rows"]:
+        if "seconds" not in r:
+            print(f"{r['ranks']:6d} FAILED: {r.get('error', '')[:300]}")
+            continue
+        star = "*" if r["oversubscribed"] else " "
+        print(f"{r['ranks']:5d}{star} {_size(r['bytes']):>9s} {r['repeat']:5d} "
+              f"{r['seconds']:11.3e} {r['min_s']:10.3e} {r['max_s']:10.3e} {r['gb_per_s']:7.3f}"
+              + ("" if r["ok"] else "  WRONG SUM"))
+    f = rep["fit"]
+    if f and f["bandwidth_bytes_per_s"]:
+        print(f"fit t(P, m) = a*log2(P) + m/B: a = {f['a_s']:.3e} s, "
+              f"B = {f['bandwidth_bytes_per_s'] / 1e9:.3f} GB/s (largest relative residual "
+              f"{f['max_rel_residual']:.0%})")
+        print(f"bound from P = {f['bound_ranks']} alone: a = {f['a_bound_s']:.3e} s, "
+              f"B = {f['bandwidth_bound'] / 1e9:.3f} GB/s")
+        for p in (1000, 10000):
+            print(f"extrapolated P = {p}: " + ", ".join(
+                f"{_size(m)} {allreduce_model(f, p, m):.2e} s (bound "
+                f"{allreduce_model(f, p, m, bound=True):.2e} s)" for m in (2**13, 2**14, 2**20)))
 
 
 if __name__ == "__main__":

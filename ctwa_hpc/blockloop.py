@@ -1,7 +1,9 @@
 """The block loop of one rank and its progress report (used by :mod:`ctwa_hpc.runner`).
 
 :class:`BlockLoop` runs this rank's share of a stage: per work item it integrates the block
-(``Simulation.run_block``), adds the per-sample columns to the Moments, checkpoints on its own
+(``Simulation.run_block``), adds the per-sample columns to its row in the
+:class:`~ctwa_hpc.rowstore.RowStore` (a row whose blocks are all here is turned into
+estimates at once and its sums released), checkpoints on its own
 clock and exchanges a small status vector without blocking (:class:`~ctwa_hpc.parallel.Sync`):
 global progress for rank 0's progress lines, and stop requests (SIGTERM/SIGUSR1) seen by every
 rank at the same exchange.  :class:`Progress` prints the progress lines (or a live bar on one
@@ -28,8 +30,8 @@ class BlockLoop:
     end of each stage.  :meth:`Progress.balance` reports them over ranks.
     """
 
-    def __init__(self, sim, items, own, local, checkpoint, flag, progress):
-        self.sim, self.items, self.own, self.local = sim, items, own, local
+    def __init__(self, sim, items, store, checkpoint, flag, progress):
+        self.sim, self.items, self.store = sim, items, store
         self.checkpoint, self.flag, self.progress = checkpoint, flag, progress
         self.blocks = 0      # blocks finished by this process (all stages)
         self.samples = 0
@@ -54,7 +56,6 @@ class BlockLoop:
         """
         sim = self.sim
         sync = parallel.Sync(sim.comm, 4)
-        anti = sim.antithetic
         n_done = 0
         delay = float(os.environ.get("CTWA_TEST_BLOCK_DELAY_S", "0") or 0)  # test hook
         for i in mine:
@@ -62,16 +63,15 @@ class BlockLoop:
                 break
             t_block, c_block = time.perf_counter(), time.process_time()
             it = self.items[i]
-            self.local.add(sim.row(it.realization, it.offset_index),
-                           sim.run_block(it, self.cache), antithetic=anti)
+            self.store.add(i, sim.row(it.realization, it.offset_index),
+                           sim.run_block(it, self.cache))
             if delay:
                 time.sleep(delay)
-            self.own.append(i)
             n_done += 1
             self.blocks += 1
             self.samples += it.stop - it.start
             if self.checkpoint is not None:
-                self.checkpoint.maybe_save(self.own, self.local)
+                self.checkpoint.maybe_save(self.store)
             self.busy += time.perf_counter() - t_block
             self.busy_cpu += time.process_time() - c_block
             res = sync.exchange([self.blocks, self.samples, 0.0, 0.0])

@@ -1,4 +1,4 @@
-"""Checkpoint and restart: a ledger of finished work items plus their partial moments.
+"""Checkpoint and restart: per-rank files of the rows a rank holds, plus a manifest.
 
 Layout of ``<output>.ckpt/`` (one directory per output file):
 
@@ -6,26 +6,30 @@ Layout of ``<output>.ckpt/`` (one directory per output file):
 ``manifest.json``        written by rank 0: format, config hash, planned item count,
                          ``generation`` g and the number of ranks ``size`` that write
                          generation g
-``g<g>.rank<k>.npz``     rank k's state: finished item indices and the Moments sums of exactly
-                         those items, plus integrity data (below); written atomically
-                         (temporary file, fsync, ``os.replace``)
+``g<g>.rank<k>.npz``     rank k's :class:`~ctwa_hpc.rowstore.RowStore` state: the fragments
+                         of its rows in flight (finished items and their moment sums) and the
+                         estimates of its done rows, plus integrity data (below); written
+                         atomically (temporary file, fsync, ``os.replace``)
 ``failed.json``          present when a run ended with an error (message, rank, config hash)
 =======================  =====================================================================
 
-Every rank file is self-consistent, and different ranks own disjoint items, so the union of
-one generation's files is a valid partial run whenever the files were written.  On
-``--resume`` rank 0 validates the manifest (same physics config, same item plan) and every
-file of the current generation, then broadcasts the finished items; file k is adopted by rank
-``k % size`` (the number of ranks may differ from the previous run).  Each rank then writes
-generation g+1 at once, rank 0 switches the manifest and removes generation g.  No sample is
+A save writes what the rank holds (O(1) fragments and its own done rows), so the bytes of one
+checkpoint round over all ranks do not grow with the number of ranks.  Every rank file is
+self-consistent and different ranks own disjoint items, so the union of one generation's
+files is a valid partial run.  On ``--resume`` rank 0 reads the manifest (same physics
+config, same item plan); old file k is loaded and checked by new rank ``k % size`` (the
+number of ranks may differ from the previous run), and one gather of compact finished-item
+ranges lets rank 0 refuse overlapping files: O(P) file operations, never O(P²).  Each rank
+then writes generation g+1, rank 0 switches the manifest and removes generation g.  The same
+switch follows every move of rows between ranks (the stopping rule's checks).  No sample is
 lost or counted twice.
 
 Integrity.  A rank file carries the config hash, its generation and rank, and a SHA-256
-checksum of its items and sums.  It is refused (the run stops with exit code 2 and says what to
-do; nothing is merged) when it cannot be read (truncated), its checksum, hash, generation or
-rank do not match, its items are out of range or repeated, its counts differ from what its
-items imply, any sum is not finite, or its items overlap another file's (a copied file).
-Deleting one damaged rank file is always safe: its work blocks are simply redone.
+checksum of its state.  It is refused (the run stops with exit code 2 and says what to do;
+nothing is merged) when it cannot be read (truncated), its checksum, hash, generation or rank
+do not match, its items are out of range, outside their rows or repeated, its counts differ
+from what its items imply, any sum is not finite, or its items overlap another file's (a
+copied file).  Deleting one damaged rank file is always safe: its work blocks are redone.
 
 Special cases.  A directory without a manifest (a run killed before its first checkpoint
 completed) holds no finished work and is replaced by a fresh start, with or without
@@ -58,7 +62,7 @@ import numpy as np
 log = logging.getLogger("ctwa_hpc")
 
 EXIT_INTERRUPTED = 3
-FORMAT = 2
+FORMAT = 3
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 # sections/keys that do not change the sampled numbers (may differ between run and resume)
 _NEUTRAL = {"output": None, "stop": None, "method": ("backend",)}
@@ -180,13 +184,12 @@ def remove_stale_temporaries(directory):
     return found
 
 
-def _checksum(config_hash_, generation, rank, items, arrays):
+def _checksum(config_hash_, generation, rank, arrays):
     h = hashlib.sha256()
     h.update(f"{FORMAT}:{config_hash_}:{int(generation)}:{int(rank)}:".encode())
-    h.update(np.ascontiguousarray(items, dtype=np.int64).reshape(-1).view(np.uint8))
     for k in sorted(arrays):
-        a = np.ascontiguousarray(arrays[k], dtype=np.float64)
-        h.update(f"{k}{a.shape}".encode())
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}{a.shape}{a.dtype.str}".encode())
         h.update(a.reshape(-1).view(np.uint8))
     return h.hexdigest()
 
@@ -224,14 +227,14 @@ def _read_json(path):
 class Checkpoint:
     """Per-rank checkpoint files of one run (collective :meth:`start`, per-rank :meth:`save`).
 
-    ``item_rows``/``item_counts`` (optional, one entry per planned work item): the Moments row
-    an item adds to and the count it adds (samples, or antithetic pairs); with them every rank
-    file's counts are checked against its items.  ``content_hash``: folded into the config
-    hash (data files whose content matters, e.g. couplings).
+    A rank file holds the rank's :class:`~ctwa_hpc.rowstore.RowStore` state: the fragments
+    of the rows in flight (sums and item lists) and the estimates of its done rows
+    (:meth:`RowStore.state_arrays <ctwa_hpc.rowstore.RowStore.state_arrays>`), so a save
+    writes what the rank holds, never the whole result.  ``content_hash``: folded into the
+    config hash (data files whose content matters, e.g. couplings).
     """
 
-    def __init__(self, directory, comm, cfg, n_items, every_s=300.0, item_rows=None,
-                 item_counts=None, content_hash=None):
+    def __init__(self, directory, comm, cfg, n_items, every_s=300.0, content_hash=None):
         self.dir = directory
         self.comm = comm
         self.hash = config_hash(cfg, content_hash)
@@ -240,11 +243,8 @@ class Checkpoint:
         self.generation = 0
         self.last = time.monotonic()
         self.saves = 0
-        self.own = []
-        self.item_rows = None if item_rows is None else np.asarray(item_rows, dtype=np.int64)
-        self.item_counts = None if item_counts is None else np.asarray(item_counts, dtype=float)
-        if self.item_rows is not None and len(self.item_rows) != self.n_items:
-            raise ValueError("checkpoint: item_rows must have one entry per work item")
+        self.last_bytes = 0
+        self.items_saved = 0     # finished work items in this rank's last save
 
     # -- start / resume (collective) -----------------------------------------------------------
     def _manifest_path(self):
@@ -305,8 +305,8 @@ class Checkpoint:
     def _file(self, gen, k):
         return os.path.join(self.dir, f"g{gen}.rank{k}.npz")
 
-    def _load_file(self, path, gen, k, template):
-        """(items, {key: array}) of one rank file, fully checked; ValueError naming the fault."""
+    def _load_file(self, path, gen, k, store):
+        """{key: array} of one rank file, fully checked; ValueError naming the fault."""
         name = os.path.basename(path)
         redo = (f"delete {path} to redo its work blocks (the other files are kept), or start "
                 "over with --force")
@@ -316,8 +316,8 @@ class Checkpoint:
         except Exception as exc:  # zipfile/np.load raise many kinds for damaged files
             raise ValueError(f"checkpoint file {name} is unreadable (truncated or damaged: "
                              f"{type(exc).__name__}: {exc}); {redo}") from None
-        need = {"items", "config_hash", "generation", "rank", "checksum", *template}
-        missing = sorted(need - set(data))
+        header = ("config_hash", "generation", "rank", "checksum")
+        missing = [key for key in header if key not in data]
         if missing:
             raise ValueError(f"checkpoint file {name} lacks {missing} (written by an older "
                              f"version or damaged); {redo}")
@@ -333,149 +333,127 @@ class Checkpoint:
         if (fgen, frank) != (gen, k):
             raise ValueError(f"checkpoint file {name} holds generation {fgen} of rank {frank} "
                              f"(copied or renamed?); {redo}")
-        items = np.asarray(data["items"])
-        if items.ndim != 1 or (items.size and items.dtype.kind not in "iu"):
-            raise ValueError(f"checkpoint file {name}: items is not a list of integers; {redo}")
-        items = items.astype(np.int64)
-        arrays = {key: np.asarray(data[key]) for key in template}
-        if _checksum(fhash, fgen, frank, items, arrays) != stored:
+        state = {key: v for key, v in data.items() if key not in header}
+        if _checksum(fhash, fgen, frank, state) != stored:
             raise ValueError(f"checkpoint file {name}: checksum mismatch (the file was modified "
                              f"or damaged); {redo}")
-        for key, ref in template.items():
-            if arrays[key].shape != np.shape(ref):
-                raise ValueError(f"checkpoint file {name}: {key} has shape {arrays[key].shape}, "
-                                 f"this run needs {np.shape(ref)}; {redo}")
-            if not np.all(np.isfinite(arrays[key])):
-                raise ValueError(f"checkpoint file {name}: {key} contains non-finite sums; "
-                                 f"{redo}")
-        if items.size and (items.min() < 0 or items.max() >= self.n_items):
-            raise ValueError(f"checkpoint file {name}: item index outside 0..{self.n_items - 1}; "
-                             f"{redo}")
-        if len(np.unique(items)) != len(items):
-            raise ValueError(f"checkpoint file {name}: repeated items; {redo}")
-        if self.item_rows is not None and "count" in arrays:
-            expect = np.bincount(self.item_rows[items], weights=self.item_counts[items],
-                                 minlength=arrays["count"].shape[0])
-            if expect.shape != arrays["count"].shape or not np.array_equal(expect,
-                                                                           arrays["count"]):
-                raise ValueError(f"checkpoint file {name}: its sample counts do not match its "
-                                 f"{len(items)} finished work blocks; {redo}")
-        return items, arrays
+        try:
+            store.check_state(state, name)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; {redo}") from None
+        return state
 
-    def _rank0_scan(self, gen, size, template):
-        """(error, sorted finished items, {k: n_items}) after checking every file of ``gen``."""
-        owner, sizes = {}, {}
-        for k in range(size):
-            path = self._file(gen, k)
-            if not os.path.exists(path):
-                log.warning("checkpoint %s: %s is missing; its work blocks are redone", self.dir,
-                            os.path.basename(path))
-                continue
-            try:
-                items, _ = self._load_file(path, gen, k, template)
-            except ValueError as exc:
-                return f"checkpoint {self.dir}: {exc}", None, None
-            for i in items.tolist():
-                if i in owner:
-                    return (f"checkpoint {self.dir}: files g{gen}.rank{owner[i]}.npz and "
-                            f"g{gen}.rank{k}.npz both contain work block {i} (a copied file?); "
-                            "delete one of them to redo its blocks, or start over with --force",
-                            None, None)
-                owner[i] = k
-            sizes[k] = len(items)
-        return None, sorted(owner), sizes
+    def start(self, resume, force, store):
+        """Prepare the directory and adopt a previous run's state; returns the sorted
+        (int64) indices of all finished work items (collective).
 
-    def start(self, resume, force, moments):
-        """Prepare the directory; returns (set of finished item indices, own finished list).
-
-        ``moments`` (a zeroed :class:`~ctwa_hpc.stats.Moments`) receives the sums of the rank
-        files adopted by this rank.  Raises :class:`CheckpointError` on every rank on a bad
-        checkpoint (nothing is merged then).
+        Rank 0 reads only the manifest; every rank loads and checks the old rank files
+        k ≡ rank (mod size) into ``store``; one gather of their compact finished-item ranges
+        lets rank 0 refuse overlapping files (a copied file).  O(P) file operations in all.
+        Raises :class:`CheckpointError` on every rank on a bad checkpoint (nothing is used).
         """
+        from .rowstore import RowStore, expand_ranges, overlaps
         comm = self.comm
-        template = moments.arrays()
         decision = None
         if comm.rank == 0:
             try:
-                err, old_gen, old_size = self._rank0_prepare(resume, force)
-                done, sizes = None, None
-                if err is None and old_gen is not None:
-                    err, done, sizes = self._rank0_scan(old_gen, old_size, template)
+                decision = self._rank0_prepare(resume, force)
             except OSError as exc:
-                err, old_gen, old_size, done, sizes = (
-                    f"checkpoint {self.dir}: {exc.strerror or exc} ({exc.filename or ''})",
-                    None, 0, None, None)
-            decision = (err, old_gen, old_size, done, sizes)
-        err, old_gen, old_size, done, sizes = comm.bcast(decision, root=0)
+                decision = (f"checkpoint {self.dir}: {exc.strerror or exc} "
+                            f"({exc.filename or ''})", None, 0)
+        err, old_gen, old_size = comm.bcast(decision, root=0)
         if err:
             raise CheckpointError(err)
-        done_all, own = set(done or ()), []
-        local_err = None
+        done = np.zeros(0, np.int64)
         if old_gen is not None:
-            # sums go straight into ``moments``: on any error every rank raises and the run
-            # stops, so a partly merged state is never used
-            target = moments.arrays()
+            local_err, summary = None, []
             try:
-                for k in sorted(sizes):
-                    if k % comm.size != comm.rank:
+                for k in range(comm.rank, old_size, comm.size):
+                    path = self._file(old_gen, k)
+                    if not os.path.exists(path):
+                        summary.append((k, None))
                         continue
-                    items, arrays = self._load_file(self._file(old_gen, k), old_gen, k, template)
-                    if len(items) != sizes[k]:
-                        raise ValueError(f"checkpoint file g{old_gen}.rank{k}.npz changed while "
-                                         "being read")
-                    own.extend(items.tolist())
-                    for key, a in target.items():
-                        a[...] += arrays[key]
-            except ValueError as exc:
+                    state = self._load_file(path, old_gen, k, store)
+                    summary.append((k, RowStore.ranges_of_state(state, store.B)))
+                    store.adopt(state)
+            except (ValueError, RuntimeError, OSError) as exc:
                 local_err = f"checkpoint {self.dir} (rank {comm.rank}): {exc}"
-            errs = [e for e in comm.allgather(local_err) if e]
-            if errs:
-                raise CheckpointError(errs[0])
+            gathered = comm.gather((local_err, summary), root=0)
+            verdict = None
+            if comm.rank == 0:
+                errs = [e for e, _ in gathered if e]
+                files = sorted((k, r) for _, summ in gathered for k, r in summ)
+                for k, r in files:
+                    if r is None:
+                        log.warning("checkpoint %s: g%d.rank%d.npz is missing; its work "
+                                    "blocks are redone", self.dir, old_gen, k)
+                present = [(k, r) for k, r in files if r is not None]
+                allr = np.concatenate([r for _, r in present]) if present else \
+                    np.zeros((0, 2), np.int64)
+                if not errs and overlaps(allr):
+                    errs = [f"checkpoint {self.dir}: two rank files of generation {old_gen} "
+                            "contain the same work blocks (a copied file?); delete the copy to "
+                            "redo its blocks, or start over with --force"]
+                verdict = (errs[0] if errs else None, allr)
+            err, allr = comm.bcast(verdict, root=0)
+            if err:
+                raise CheckpointError(err)
+            done = np.sort(expand_ranges(allr))
             self.generation = old_gen + 1
-        self.own = own
-        self.save(own, moments)  # this generation's file exists from the start
-        comm.Barrier()
-        if comm.rank == 0:
+        self._publish(store)
+        if old_gen is not None and comm.rank == 0:
+            log.info("resumed from %s: %d of %d work blocks already done", self.dir,
+                     len(done), self.n_items)
+        return done
+
+    def _publish(self, store):
+        """Every rank writes generation ``self.generation``; then rank 0 switches the manifest
+        to it and removes the older files (collective).  Until the switch the previous
+        generation stays the valid one, so a kill at any point leaves a consistent state."""
+        self.save(store)
+        self.comm.Barrier()
+        if self.comm.rank == 0:
             _write_json(self._manifest_path(),
                         {"format": FORMAT, "config_hash": self.hash, "n_items": self.n_items,
-                         "generation": self.generation, "size": comm.size,
+                         "generation": self.generation, "size": self.comm.size,
                          "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
             for path in glob.glob(os.path.join(glob.escape(self.dir), "g*.rank*.npz")):
                 if not os.path.basename(path).startswith(f"g{self.generation}."):
                     os.remove(path)
             _remove_quietly(self._failed_path())  # this attempt took over
-        if old_gen is not None and comm.rank == 0:
-            log.info("resumed from %s: %d of %d work blocks already done", self.dir,
-                     len(done_all), self.n_items)
-        return done_all, own
+        self.comm.Barrier()
+
+    def commit(self, store):
+        """A new generation after rows moved between ranks (collective)."""
+        self.generation += 1
+        self._publish(store)
 
     # -- saving (per rank) ---------------------------------------------------------------------
-    def save(self, own_items, moments):
+    def save(self, store):
         t0 = time.monotonic()
-        items = np.asarray(sorted(own_items), dtype=np.int64)
-        arrays = {k: np.asarray(v, dtype=np.float64) for k, v in moments.arrays().items()}
+        state = store.state_arrays()
         rank = self.comm.rank
-        _atomic_savez(self._file(self.generation, rank), items=items,
-                      config_hash=np.array(self.hash), generation=np.array(self.generation),
-                      rank=np.array(rank),
-                      checksum=np.array(_checksum(self.hash, self.generation, rank, items,
-                                                  arrays)),
-                      **arrays)
+        path = self._file(self.generation, rank)
+        _atomic_savez(path, config_hash=np.array(self.hash),
+                      generation=np.array(self.generation), rank=np.array(rank),
+                      checksum=np.array(_checksum(self.hash, self.generation, rank, state)),
+                      **state)
         self.last = time.monotonic()
         self.saves += 1
+        self.items_saved = store.n_items
+        try:
+            self.last_bytes = os.path.getsize(path)
+        except OSError:
+            pass
         cost = self.last - t0
         if cost > 0.05 * self.every:  # keep checkpointing below ~5% of the run time
             self.every = 20.0 * cost
 
-    def maybe_save(self, own_items, moments):
+    def maybe_save(self, store):
         if time.monotonic() - self.last >= self.every:
-            self.save(own_items, moments)
+            self.save(store)
             return True
         return False
-
-    def save_current(self, moments):
-        """Save this rank's current state (the item list the runner appends to)."""
-        self.save(self.own, moments)
 
     def mark_failed(self, message):
         """Record (from any rank, best effort) that the run ended with an error."""

@@ -268,7 +268,7 @@ def _die(comm, exc, ck, path, lock, writing=False):
     where = f" (rank {comm.rank})" if comm.size > 1 else ""
     print(f"ctwa-hpc: error{where}: {_message(exc)}", file=sys.stderr)
     if ck is not None:
-        if comm.size == 1 and not ck.own and ck.generation == 0:
+        if comm.size == 1 and not ck.items_saved and ck.generation == 0:
             ck.remove()  # nothing finished: leave no state behind
         else:
             ck.mark_failed(_message(exc))
@@ -352,12 +352,9 @@ def _work(args, comm, flag, cfg, sim, path, lock):
              cfg["disorder"]["realizations"], sim.samples, comm.size)
     ck = None
     if sim.method != "exact":
-        items = sim.plan_work()
-        per = 2 if sim.antithetic else 1
         ck = checkpoint.Checkpoint(
-            checkpoint.directory_for(path), comm, cfg, len(items),
+            checkpoint.directory_for(path), comm, cfg, len(sim.plan_work()),
             cfg["output"]["checkpoint_every_s"],
-            item_rows=items.rows(), item_counts=items.counts(per),
             content_hash=getattr(getattr(sim, "models", None), "content_hash", None))
     try:
         result = sim.run(checkpoint=ck, resume=getattr(args, "resume", False),
@@ -373,15 +370,14 @@ def _work(args, comm, flag, cfg, sim, path, lock):
     except Exception as exc:
         return _die(comm, exc, ck, path, lock)
     try:
-        if ck is not None:
-            try:  # every finished block in the checkpoint: a failed write loses nothing
-                ck.save_current(sim.partial)
-            except OSError as exc:
-                log.warning("could not update the checkpoint before writing (%s)", exc)
+        # (sim.run saved every finished block in the checkpoint: a failed write loses nothing)
+        from . import parallel
+        row_bytes = parallel.allreduce_sum(
+            comm, np.array([float(sim.rows.nbytes if sim.rows is not None else 0)]))[0]
         verdict = None
         if comm.rank == 0:
             try:
-                guards.check_free_space(path, guards.result_bytes(result, comm.size),
+                guards.check_free_space(path, guards.result_bytes(result) + int(row_bytes),
                                         "the output file")
             except ValueError as exc:
                 verdict = _message(exc)
@@ -389,7 +385,7 @@ def _work(args, comm, flag, cfg, sim, path, lock):
         if verdict:
             raise OSError(verdict + (f"; the checkpoint {ck.dir} is kept: free space and run "
                                      "the same command with --resume" if ck else ""))
-        io.write_output(path, result, comm, partial=sim.partial, force=args.force)
+        io.write_output(path, result, comm, rows=sim.rows, force=args.force)
     except Exception as exc:
         return _die(comm, exc, ck, path, lock, writing=True)
     if ck is not None:

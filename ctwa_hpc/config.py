@@ -16,7 +16,7 @@ Sections and keys (README.md documents each one; ``SCHEMA`` below is the source 
 ``[time]``        dt, t_max, output_dt
 ``[observables]`` names, pairs, custom, subsystems, kick
 ``[output]``      path, compare_exact, checkpoint_every_s, progress_every_s, exact_draws,
-                  write_partial
+                  moments, max_memory_gb
 ``[stop]``        stderr_target, observables, check_samples (optional stopping rule)
 """
 from __future__ import annotations
@@ -125,8 +125,9 @@ SCHEMA = {
         "checkpoint_every_s": (float, 300.0, "seconds between checkpoints"),
         "progress_every_s": (float, 10.0, "seconds between progress lines"),
         "exact_draws": (int, 16, "exact reference of a mixed state: typical states averaged"),
-        "write_partial": (bool, True, "store every rank's partial sums in /partial (size "
-                          "mpi_size x /moments: switch off for runs on very many ranks)"),
+        "moments": (str, "auto", "store the moment sums of every (realization, offset) "
+                    "row in /moments (needed to merge jobs over sample ranges): 'auto' (when "
+                    "they take <= 256 MiB), 'always' or 'never'"),
         "max_memory_gb": (float, 0.0, "pre-flight limit of the estimated memory per rank in "
                           "GiB (0: the node's MemAvailable shared by its ranks)"),
     },
@@ -192,6 +193,11 @@ def resolve(raw):
             raise ConfigError(f"{sec}: expected a table")
         for k in given:
             if k not in keys:
+                if (sec, k) == ("output", "write_partial"):
+                    raise ConfigError("output.write_partial: removed: per-rank partial sums are "
+                                      "no longer stored (the output does not depend on the "
+                                      "number of ranks); output.moments = 'always' keeps the "
+                                      "moment sums")
                 raise ConfigError(f"{sec}.{k}: unknown key (known: {sorted(keys)})")
         out = {}
         for k, (typ, default, _) in keys.items():
@@ -246,6 +252,9 @@ def _semantic_checks(cfg):
         raise ConfigError(f"method.seed: must be >= 0, got {meth['seed']}")
     if d["seed"] < 0:
         raise ConfigError(f"disorder.seed: must be >= 0, got {d['seed']}")
+    if cfg["output"]["moments"] not in ("auto", "always", "never"):
+        raise ConfigError(f"output.moments: expected 'auto', 'always' or 'never', got "
+                          f"{cfg['output']['moments']!r}")
     if meth["precision"] not in ("double", "single"):
         raise ConfigError(f"method.precision: expected 'double' or 'single', got "
                           f"{meth['precision']!r}")

@@ -169,8 +169,9 @@ def check_free_space(path, need, what):
                          f"about {want / 2**20:.3g} MiB")
 
 
-def result_bytes(result, mpi_size):
-    """Bytes of the arrays the writer will store for ``result`` (rank 0)."""
+def result_bytes(result, mpi_size=None):
+    """Bytes of the arrays of ``result`` (rank 0; the per-realization rows held by the ranks
+    come on top, see :attr:`ctwa_hpc.outrows.LocalRows.nbytes`)."""
     total = 0
 
     def add(obj):
@@ -188,9 +189,6 @@ def result_bytes(result, mpi_size):
     if result.exact is not None:
         add(result.exact)
     add(getattr(result, "extra", {}))
-    if result.moments is not None:
-        m = sum(a.nbytes for a in result.moments.arrays().values())
-        total += m * (1 + (mpi_size if result.cfg["output"].get("write_partial", True) else 0))
     return total + 8 * len(result.times) + 256 * 1024
 
 

@@ -8,10 +8,10 @@ variables, attributes: a netCDF-4 compatible layout documented in README.md, sec
 Writers.  With several ranks and an h5py built against parallel HDF5 the file is opened by
 all ranks with ``driver='mpio'``: rank 0 builds the list of groups/datasets/attributes and
 broadcasts it, every rank creates them collectively (identical calls), rank 0 writes the
-reduced results and every rank writes its own row of ``/partial``.  Otherwise (serial h5py,
-one rank, or ``CTWA_H5_GATHER=1``) the partial sums are gathered and rank 0 writes the same
-layout alone; both files have identical contents apart from ``writer``/``mpi_size``-like
-provenance.  Files are written to ``<path>.tmp.<pid>`` and renamed by rank 0 after the
+disorder-averaged results and every rank writes the per-realization rows it owns
+(:mod:`ctwa_hpc.outrows`).  Otherwise (serial h5py, one rank, or ``CTWA_H5_GATHER=1``) rank 0
+writes the same layout alone, receiving the other ranks' rows one rank at a time; both files
+have identical contents apart from ``writer``/``mpi_size``-like provenance.  Files are written to ``<path>.tmp.<pid>`` and renamed by rank 0 after the
 (collective) close; an existing file is never overwritten without ``force``.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from . import layout, parallel
 from .layout import (STDERR, TIME_ATTRS, build_plan, column_labels, component_axes,  # noqa: F401
                      git_revision, realization_index)
 
-PARTIAL_KEYS = ("count", "s1", "s2", "sx")
+PARTIAL_KEYS = ("count", "s1", "s2", "sx")   # moment sums (+ "shift" since format 3)
 
 
 def h5py_has_mpi():
@@ -82,52 +82,57 @@ def _fill(f, data):
             ds[...] = value.astype(ds.dtype) if value.dtype.kind == "S" else value
 
 
-def _fill_partial(f, rank, arrays):
-    for k in PARTIAL_KEYS:
-        v = np.asarray(arrays[k])
-        if v.size:
-            f[f"/partial/{k}"][rank] = v
+def _fill_rows(f, rows):
+    """Write this rank's slice of every per-realization dataset (independent I/O)."""
+    for path, value in rows.data.items():
+        n = len(value)
+        if n:
+            f[path][rows.start[path]:rows.start[path] + n] = value
 
 
-def write_output(path, result, comm=None, partial=None, force=False):
+def write_output(path, result, comm=None, rows=None, force=False):
     """Write a run to ``path`` atomically (collective: every rank calls it).
 
-    ``result``: the RunResult on rank 0 (ignored elsewhere); ``partial``: this rank's
-    :class:`~ctwa_hpc.stats.Moments` before the reduction (None for exact runs).
+    ``result``: the RunResult on rank 0 (ignored elsewhere); ``rows``: this rank's
+    :class:`~ctwa_hpc.outrows.LocalRows` (the realizations it owns; None: rank 0 writes all
+    rows of ``result``, other ranks none).  Per-realization datasets are created with their
+    full length and every rank writes its own slice (mpio), or rank 0 receives the slices
+    rank by rank (gather writer): no process holds the rows of all realizations.
     """
     import h5py
+    from .outrows import LocalRows, rows_from_result
     comm = comm if comm is not None else parallel.SerialComm()
     writer = writer_kind(comm)
     head = None
     plan = None
+    if rows is None:
+        rows = rows_from_result(result) if comm.rank == 0 else LocalRows()
     if comm.rank == 0:
         try:
             check_writable(path, force)
             err = None
         except (FileExistsError, FileNotFoundError) as exc:
             err = str(exc)
-        plan = build_plan(result, writer, comm.size) if err is None else None
+        plan = build_plan(result, writer, rows) if err is None else None
         head = (err, f"{path}.tmp.{os.getpid()}", plan.ops if plan else None)
     err, tmp, ops = comm.bcast(head, root=0)
     if err:
         raise FileExistsError(err)
-    has_partial = any(op[1] == "/partial" for op in ops)
     if writer == "mpio":
         with h5py.File(tmp, "w", driver="mpio", comm=parallel.raw(comm)) as f:
             _create(f, ops)
             if comm.rank == 0:
                 _fill(f, plan.data)
-            if has_partial:
-                _fill_partial(f, comm.rank, partial.arrays())
+            _fill_rows(f, rows)
+    elif comm.rank == 0:
+        with h5py.File(tmp, "w") as f:
+            _create(f, ops)
+            _fill(f, plan.data)
+            _fill_rows(f, rows)
+            for k in range(1, comm.size):   # one rank's block in memory at a time
+                _fill_rows(f, parallel.recv_object(comm, k))
     else:
-        parts = parallel.gather_arrays(comm, partial.arrays() if has_partial else None)
-        if comm.rank == 0:
-            with h5py.File(tmp, "w") as f:
-                _create(f, ops)
-                _fill(f, plan.data)
-                if has_partial:
-                    for k, arrays in enumerate(parts):
-                        _fill_partial(f, k, arrays)
+        parallel.send_object(comm, rows, 0)
     comm.Barrier()
     if comm.rank == 0:
         os.replace(tmp, path)
@@ -136,8 +141,8 @@ def write_output(path, result, comm=None, partial=None, force=False):
 
 
 def write_result(path, result, force=False):
-    """Serial convenience: write a RunResult from one process (partial = the totals)."""
-    return write_output(path, result, parallel.SerialComm(), partial=result.moments, force=force)
+    """Serial convenience: write a RunResult (with all its rows) from one process."""
+    return write_output(path, result, parallel.SerialComm(), force=force)
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -163,7 +168,8 @@ def load(path):
     """Read an output file into plain dicts.
 
     Keys: time, observables, realizations, exact ({name: {dataset: array}}), moments and
-    partial ({key: array}, CTWA only), disorder ({name: array}), realization_index (global
+    ({key: array}, CTWA runs with output.moments), realization_samples (samples per
+    realization), disorder ({name: array}), realization_index (global
     realization numbers), attrs (root attributes), group_attrs ({"observables/sz": {...}},
     with ``labels`` from the label coordinate), config (the config parsed from
     ``config_toml``).  Coordinate variables are not returned as data.
@@ -178,6 +184,8 @@ def load(path):
         for grp in ("observables", "realizations", "exact"):
             if grp in f:
                 for name, g in f[grp].items():
+                    if not isinstance(g, h5py.Group):   # /realizations/n_samples, coordinates
+                        continue
                     out[grp][name] = _data_items(g)
                     ga = {k: _decode(v) for k, v in g.attrs.items()}
                     if "label" in g:
@@ -185,7 +193,9 @@ def load(path):
                     out["group_attrs"][f"{grp}/{name}"] = ga
                     if "realization" in g and "realization_index" not in out:
                         out["realization_index"] = g["realization"][...]
-        for grp in ("moments", "partial", "disorder"):
+        if "realizations" in f and "n_samples" in f["realizations"]:
+            out["realization_samples"] = f["realizations"]["n_samples"][...]
+        for grp in ("moments", "disorder"):
             if grp in f:
                 out[grp] = _data_items(f[grp])
     out["config"] = tomllib.loads(out["attrs"]["config_toml"])

@@ -238,13 +238,17 @@ def _strings(values):
 class _Plan:
     """Ordered structure operations (identical on all ranks) plus rank 0's data."""
 
-    def __init__(self):
+    def __init__(self, rows=None):
         self.ops, self.data = [], {}
+        self.rows = rows          # LocalRows: per-realization datasets written by their ranks
 
     def group(self, path, attrs=None):
         self.ops.append(("group", path, attrs or {}))
 
     def _add(self, path, value, shape, dtype, attrs, scale, attach):
+        if self.rows is not None and path in self.rows.data:
+            shape = (self.rows.length[path],) + tuple(np.shape(value)[1:])
+            value = None          # filled rank by rank (ctwa_hpc.io)
         self.ops.append(("dataset", path, tuple(shape), dtype, attrs, scale, tuple(attach)))
         if value is not None:
             self.data[path] = value
@@ -315,10 +319,15 @@ def _output_groups(plan, root, outputs, times, real_index, per_real=None, exact=
             aux = _aux_for(coords)
             va = {"units": units, "long_name": o["description"]}
             if real:
-                plan.variable(group, "mean", dims, fix(o["real_mean"]), attrs=va, aux=aux)
-                if o.get("real_stderr") is not None:
-                    plan.variable(group, "stderr", dims, fix(o["real_stderr"]),
-                                  attrs={"units": units, "description": STDERR[
+                rows = plan.rows.data if plan.rows is not None else {}
+                rm = rows.get(f"{group}/mean", o.get("real_mean"))
+                rs = rows.get(f"{group}/stderr", o.get("real_stderr"))
+                if rm is not None:
+                    plan.variable(group, "mean", dims, fix(rm) if rm is o.get("real_mean")
+                                  else rm, attrs=va, aux=aux)
+                if rs is not None:
+                    plan.variable(group, "stderr", dims, fix(rs) if rs is o.get("real_stderr")
+                                  else rs, attrs={"units": units, "description": STDERR[
                                       "realization_stderr"]}, aux=aux)
                 continue
             plan.variable(group, "mean", dims, fix(mean), attrs=va, aux=aux)
@@ -332,9 +341,18 @@ def _output_groups(plan, root, outputs, times, real_index, per_real=None, exact=
                                                               "every realization"), aux=aux)
 
 
-def _moment_coords(plan, group, result, rows, n_cols, n_prod, real_index, mpi_size=None):
-    if mpi_size is not None:
-        plan.coord(group, "rank", ("rank",), np.arange(mpi_size), {"long_name": "MPI rank"})
+def _realization_samples(plan, real_index):
+    if plan.rows is None or "/realizations/n_samples" not in plan.rows.data:
+        return
+    g = "/realizations"
+    plan.coord(g, "realization", ("realization",), real_index,
+               {"long_name": "disorder realization (disorder.first + r)"})
+    plan.variable(g, "n_samples", ("realization",), plan.rows.data[f"{g}/n_samples"],
+                  attrs={"description": "samples of the realization over all cluster offsets "
+                         "(an antithetic pair counts 2)", "units": "1"})
+
+
+def _moment_coords(plan, group, result, rows, n_cols, n_prod, real_index):
     plan.coord(group, "replica", ("replica",), np.arange(rows),
                {"long_name": "moment row = r * n_offsets + offset (r: realization of this file)"})
     plan.coord(group, "time", ("time",), result.times, TIME_ATTRS)
@@ -355,40 +373,50 @@ def _moment_coords(plan, group, result, rows, n_cols, n_prod, real_index, mpi_si
 
 
 _MOMENT_DIMS = {"count": ("replica",), "s1": ("replica", "time", "column"),
-                "s2": ("replica", "time", "column"), "sx": ("replica", "time", "product")}
+                "s2": ("replica", "time", "column"), "sx": ("replica", "time", "product"),
+                "shift": ("replica", "time", "column")}
 _MOMENT_DESC = {"count": "independent units summed in the row (antithetic: pairs)",
-                "s1": "sum over units of the column value x", "s2": "sum of x^2",
-                "sx": "sum of x_a x_b, (a, b) = cross[product]"}
+                "s1": "sum over units of x - shift", "s2": "sum of (x - shift)^2",
+                "sx": "sum of (x_a - shift_a)(x_b - shift_b), (a, b) = cross[product]",
+                "shift": "the row's shift c of every column (the values of its first sample): "
+                         "mean = shift + s1/count, variance = (s2 - s1^2/count)/(count - 1)"}
 
 
-def _moments(plan, result, mpi_size, real_index):
-    mom = result.moments
-    arrays = mom.arrays()
-    rows, n_cols, n_prod = arrays["s1"].shape[0], arrays["s1"].shape[2], len(mom.cross)
-    plan.group("/moments", {"description": "sums over samples (antithetic: over pairs); merge "
-                            "jobs by adding (samples) or stacking rows (realizations)"})
-    _moment_coords(plan, "/moments", result, rows, n_cols, n_prod, real_index)
+def _moments(plan, result, real_index):
+    """``/moments`` from the rows (stored when ``output.moments`` keeps them)."""
+    rows = plan.rows
+    if rows is None or "/moments/s1" not in rows.data:
+        return
+    n_rows = rows.length["/moments/s1"]
+    s1 = rows.data["/moments/s1"]
+    n_cols, n_prod = s1.shape[2], len(rows.cross)
+    plan.group("/moments", {"description": "sums over samples (antithetic: over pairs), "
+                            "shifted per row; merge jobs by adding re-shifted sums (samples) or "
+                            "stacking rows (realizations): ctwa-hpc merge"})
+    _moment_coords(plan, "/moments", result, n_rows, n_cols, n_prod, real_index)
     aux = ("replica_realization", "replica_offset")
-    for k, v in arrays.items():
-        plan.variable("/moments", k, _MOMENT_DIMS[k], v, attrs={"description": _MOMENT_DESC[k]},
-                      aux=aux + (("column_label",) if k in ("s1", "s2") else ()))
+    for k in _MOMENT_DIMS:
+        plan.variable("/moments", k, _MOMENT_DIMS[k], rows.data[f"/moments/{k}"],
+                      attrs={"description": _MOMENT_DESC[k]},
+                      aux=aux + (("column_label",) if k in ("s1", "s2", "shift") else ()))
     plan.coord("/moments", "factor", ("factor",), np.arange(2), {"long_name": "a or b"})
     plan.variable("/moments", "cross", ("product", "factor"),
-                  np.asarray(mom.cross, dtype=np.int64).reshape(-1, 2),
+                  np.asarray(rows.cross, dtype=np.int64).reshape(-1, 2),
                   attrs={"description": "column pair (a, b) of every cross product"})
-    if result.cfg["output"].get("write_partial", True):
-        plan.group("/partial", {"description": "row k: the sums held by rank k before the "
-                                "reduction; rows sum to /moments"})
-        _moment_coords(plan, "/partial", result, rows, n_cols, n_prod, real_index, mpi_size)
-        for k, v in arrays.items():
-            plan.variable("/partial", k, ("rank",) + _MOMENT_DIMS[k],
-                          shape=(mpi_size,) + np.shape(v), attrs={"description": _MOMENT_DESC[k]},
-                          aux=aux + (("column_label",) if k in ("s1", "s2") else ()))
 
 
 def _disorder(plan, result, real_index):
-    rec = result.extra.get("disorder") or {}
-    items = {k: v for k, v in rec.items() if k != "realization_index"}
+    rows = plan.rows.data if plan.rows is not None else {}
+    items = {}
+    for path, v in rows.items():
+        if path.startswith("/disorder/"):
+            key = path[len("/disorder/"):]
+            for prefix, kind in (("field_", "fields"), ("coupling_", "couplings")):
+                if key.startswith(prefix):
+                    items.setdefault(kind, {})[key[len(prefix):]] = v
+                    break
+            else:
+                items[key] = v
     if not items:
         return
     g = "/disorder"
@@ -440,19 +468,24 @@ def _disorder(plan, result, real_index):
                        {"long_name": "cluster partition index (into method.offsets)"})
             plan.variable(g, key, ("realization", "offset", "site"), v, attrs={
                 "description": "index of the cluster holding each site (the CTWA partition)"})
-        elif isinstance(v, np.ndarray) and v.ndim and v.shape[0] == R and v.dtype.kind in "biuf":
-            plan.variable(g, key, dims_for(key, v.shape), v)
+        elif isinstance(v, np.ndarray) and v.ndim and v.dtype.kind in "biuf":
+            plan.variable(g, key, dims_for(key, (R,) + v.shape[1:]), v)
 
 
-def build_plan(result, writer, mpi_size):
-    plan = _Plan()
+def build_plan(result, writer, rows=None):
+    """The plan of the file; ``rows``: rank 0's LocalRows (their datasets get their full
+    length and are filled by every rank; default: all rows of ``result``)."""
+    if rows is None:
+        from .outrows import rows_from_result
+        rows = rows_from_result(result)
+    plan = _Plan(rows)
     plan.ops.append(("attrs", "/", root_attrs(result, writer)))
     plan.coord("", "time", ("time",), result.times, TIME_ATTRS)
     real_index = realization_index(result)
     _output_groups(plan, "/observables", result.outputs, result.times, real_index,
                    "/realizations")
-    if result.moments is not None:
-        _moments(plan, result, mpi_size, real_index)
+    _realization_samples(plan, real_index)
+    _moments(plan, result, real_index)
     if result.exact is not None:
         _output_groups(plan, "/exact", result.exact, result.times, real_index, exact=True)
     _disorder(plan, result, real_index)

@@ -4,10 +4,12 @@ Two kinds of jobs combine exactly:
 
 * **disjoint realizations** -- the jobs hold realizations [first, first + R) (config key
   ``disorder.first``) that tile one range without gaps, with the same sample range.  The
-  moment rows are stacked in realization order; for exact runs the per-realization values.
+  moment rows are stacked in realization order when every file has ``/moments``; otherwise
+  (and for exact runs) the per-realization values and errors are stacked and averaged.
 * **disjoint sample ranges of the same realizations** -- the jobs hold samples
   [first_sample, first_sample + samples) (``method.first_sample``) that tile one range.  The
-  sums in ``/moments`` are added (this needs the moments, so CTWA runs only).
+  sums in ``/moments`` are added, re-shifted to a common shift (this needs the moments:
+  CTWA runs with ``output.moments`` kept).
 
 The means, standard errors and disorder averages of the merged file are then formed from the
 merged moments by the same code as in a single run (:meth:`Simulation.finish
@@ -37,7 +39,8 @@ log = logging.getLogger("ctwa_hpc")
 
 ALL = "*"
 # config keys that may differ between the jobs of one merge
-FREE = {"output": {"path", "checkpoint_every_s", "progress_every_s", "write_partial"},
+FREE = {"output": {"path", "checkpoint_every_s", "progress_every_s", "moments",
+                   "max_memory_gb"},
         "method": {"samples", "first_sample", "backend", "batch"},
         "disorder": {"realizations", "first"},
         "stop": ALL}
@@ -216,7 +219,8 @@ def _concat_disorder(recs):
 
 
 def _ctwa_run(jobs, cfg, mode):
-    """Merged RunResult of CTWA runs: merged moments → Simulation.finish."""
+    """Merged RunResult of CTWA runs: merged moments → Simulation.finish, or (disjoint
+    realizations, a file without /moments) the stacked per-realization values."""
     from .runner import Simulation
     quiet_cfg = copy.deepcopy(cfg)
     quiet_cfg["output"]["compare_exact"] = False
@@ -225,26 +229,68 @@ def _ctwa_run(jobs, cfg, mode):
         raise MergeError("merge: a pure-state mean-field run has one trajectory per "
                          "realization; only realization ranges can be merged")
     obs, zero = sim.new_moments()
+    if mode == "realizations" and any("moments" not in j.data for j in jobs):
+        return _rows_run(jobs, cfg), None
     moms = [j.data["moments"] for j in jobs]
     for j, m in zip(jobs, moms):
         if not np.array_equal(m["cross"].reshape(-1, 2), np.asarray(zero.cross).reshape(-1, 2)):
             raise MergeError(f"merge: {j.path}: its moment columns do not match the observables "
                              "of the config (written by another version?)")
+    parts = [stats.Moments.from_arrays(m, zero.cross) for m in moms]
     if mode == "realizations":
-        arrays = {k: np.concatenate([m[k] for m in moms], axis=0) for k in io.PARTIAL_KEYS}
+        total = stats.Moments(*(np.concatenate([getattr(p, k) for p in parts], axis=0)
+                                for k in ("count", "s1", "s2", "sx")), zero.cross,
+                              np.concatenate([p.shift for p in parts], axis=0))
     else:
-        arrays = {k: np.sum([m[k] for m in moms], axis=0) for k in io.PARTIAL_KEYS}
+        for p in parts:
+            if p.s1.shape != zero.s1.shape:
+                raise MergeError(f"merge: /moments/s1 has shape {p.s1.shape}, the merged config "
+                                 f"needs {zero.s1.shape}")
+        total = zero
+        for p in parts:
+            total.merge(p)
     for k in io.PARTIAL_KEYS:
-        if arrays[k].shape != getattr(zero, k).shape:
-            raise MergeError(f"merge: /moments/{k} has shape {arrays[k].shape}, the merged config "
-                             f"needs {getattr(zero, k).shape}")
-    total = stats.Moments(arrays["count"], arrays["s1"], arrays["s2"], arrays["sx"], zero.cross)
-    res = sim.finish(obs, total, 0.0)
+        if getattr(total, k).shape != getattr(zero, k).shape:
+            raise MergeError(f"merge: /moments/{k} has shape {getattr(total, k).shape}, the "
+                             f"merged config needs {getattr(zero, k).shape}")
+    obs, store = sim.store_from_moments(total)
+    res = sim.finish(obs, store, 0.0)
     res.cfg = cfg
     res.exact = _stack_exact(jobs, mode)
     if "columns" not in res.extra:
         res.extra["columns"] = io.column_labels(obs)
     return res, total
+
+
+def _rows_run(jobs, cfg):
+    """Disjoint realizations merged through their per-realization values (files without
+    ``/moments``): the disorder averages are formed from the stacked values, exactly as in a
+    run over all realizations."""
+    from .runner import RunResult
+    ref = jobs[0].data
+    outputs = {}
+    for name in ref["observables"]:
+        ga = ref["group_attrs"][f"observables/{name}"]
+        try:
+            mean_r = np.concatenate([j.data["realizations"][name]["mean"] for j in jobs])
+            se_r = np.concatenate([j.data["realizations"][name]["stderr"] for j in jobs])
+        except KeyError:
+            raise MergeError(f"merge: a file has no per-realization values of {name!r}")
+        mean, se, within = stats.disorder_average(mean_r, se_r)
+        outputs[name] = dict(mean=mean, stderr=se, stderr_within=within, real_mean=mean_r,
+                             real_stderr=se_r, labels=ga.get("labels") or [],
+                             kind=ga.get("kind", "direct"), description=ga.get("description", ""))
+    counts = [j.data.get("realization_samples") for j in jobs]
+    res = RunResult(cfg, ref["time"], ref["attrs"].get("method", cfg["method"]["kind"]), outputs,
+                    None, int(sum(int(np.sum(c)) for c in counts if c is not None)), 0.0, 1,
+                    ref["attrs"].get("backend", "merged"))
+    if all(c is not None for c in counts):
+        res.extra["realization_samples"] = np.concatenate(counts)
+    disorder = [io.read_disorder(j.path) for j in jobs]
+    if all(disorder):
+        res.extra["disorder"] = _concat_disorder(disorder)
+    res.exact = _stack_exact(jobs, "realizations")
+    return res
 
 
 def merge(paths, output, force=False):

@@ -140,6 +140,36 @@ def gather_arrays(comm, arrays, root=0):
     return comm.gather(arrays, root=root)
 
 
+def exchange(comm, outgoing, tag=71):
+    """Point-to-point delivery of Python objects: ``outgoing`` {dest rank: obj}; returns the
+    list of objects sent to this rank (collective; any order of arrival).
+
+    The number of messages each rank receives comes from one allreduce of a P-vector of
+    counts; the objects travel as pickles (``isend``/``recv``), so only the ranks that share
+    data talk to each other.  Serial: the object addressed to rank 0, if any.
+    """
+    if comm.size == 1:
+        return [obj for dest, obj in outgoing.items() if dest == 0]
+    counts = np.zeros(comm.size)
+    for dest in outgoing:
+        counts[int(dest)] += 1
+    n_in = int(round(allreduce_sum(comm, counts)[comm.rank]))
+    from mpi4py import MPI
+    reqs = [comm.comm.isend(obj, dest=int(dest), tag=tag) for dest, obj in outgoing.items()]
+    got = [comm.comm.recv(source=MPI.ANY_SOURCE, tag=tag) for _ in range(n_in)]
+    MPI.Request.waitall(reqs)
+    return got
+
+
+def send_object(comm, obj, dest, tag=72):
+    """Blocking send of a pickled object (the gather writer's rows)."""
+    comm.comm.send(obj, dest=dest, tag=tag)
+
+
+def recv_object(comm, source, tag=72):
+    return comm.comm.recv(source=source, tag=tag)
+
+
 # -- work split ---------------------------------------------------------------------------------
 def split_items(n_items, comm):
     """Indices of the work items owned by this rank: balanced contiguous blocks."""

@@ -6,30 +6,29 @@ the real kernel on realization 0, so impossible runs (``method.samples = 10**18`
 ``disorder.realizations = 10**12``, N = 10⁵ with 10⁹ samples) are refused in seconds.
 
 Memory per rank (bytes; R realizations, O offsets, n_t output times, K statistics columns,
-P cross products, S = method.batch, P_r ranks)::
+P cross products, S = method.batch, P_r ranks, c output values per time)::
 
-    moments  = 8 · R·O · (1 + n_t (2K + P))                (stats.Moments: count, s1, s2, sx)
+    row      = 8 · (1 + n_t (3K + P))              (one row's sums: count, s1, s2, shift, sx)
+    flight   = 2 rows (stop.stderr_target: 2·⌈R·O/P_r⌉ + 2; see ctwa_hpc.rowstore)
+    done     = ⌈R/P_r⌉ · O · (2 · 8 · n_t · c  [+ row if /moments is kept])
     block    = S · (16 · A·V · 8  +  8 · n_t (K (1 + ½·antithetic) + 2P))
-    during   = base + moments + block + tables                          (every rank)
-    rank 0   = base + 5 · moments + 3 · results + tables (+ P_r · moments: gather writer)
+    during   = base + flight · row + done + block + tables                  (every rank)
+    rank 0   = during + one other rank's rows (gather writer) + 2 · all rows if ≤ 64 MiB
     node     = rank 0 + (L − 1) · during                                 (L ranks on the node)
 
 ``base`` is this process's resident size after realization 0 was built (interpreter,
 libraries, model), A·V the amplitudes × vectors of one sample (its RK4 stages and buffers
-counted 8 times), ``tables`` the compiled kernel tables and the RK4 time-function table, and
-``results`` the estimates written to ``/observables`` and ``/realizations``.  Today every
-rank holds the moments of every replica, so ``moments`` does not shrink with P_r.
+counted 8 times), ``tables`` the compiled kernel tables and the RK4 time-function table.
+A rank holds sums only for the rows in flight (:mod:`ctwa_hpc.rowstore`), so the memory
+does not grow with R, and the done rows shrink as 1/P_r.
 
 Output file (bytes)::
 
-    observables 3·8·n_t·c  +  realizations 2·8·R·n_t·c   (c components per output)
-    + moments + (P_r · moments if output.write_partial) + disorder record + exact reference
+    observables 3·8·n_t·c  +  realizations 2·8·R·n_t·c + 8R   (+ R·O·row if /moments kept)
+    + disorder record + exact reference                          (independent of P_r)
 
-Checkpoint per save: every rank writes its moments and finished item list
-(``moments + 8·n_items/P_r`` each, P_r files).
-
-(Rank 0 holds its local sums, the reduced sums, the estimator temporaries and the writer's
-copies: 5 × moments is 5–15 % above the measured peaks of moment-heavy runs.)
+Checkpoint per save: every rank writes its fragments and done rows
+(``flight · row + done`` each, P_r files).
 
 Run time::
 
@@ -73,7 +72,6 @@ TABLE_BYTES_PER_TERM = 400         # compiled tables per term when not built (me
 CALIBRATION_FRACTION = 1e-4       # of the run-time lower bound the calibration may take
 MIN_AMP_STEP_S = 1e-9              # lower bound: one RK4 step of one amplitude (4 stages)
 PSI_COPIES = 8                     # psi0, psi, RK4 stages k1..k4, stage argument, result
-ROOT_MOMENT_COPIES = 5             # local and reduced sums, estimator temporaries, writer
 MAX_STORED_COUPLINGS = 4_000_000   # runner.Simulation.MAX_STORED_COUPLINGS
 
 
@@ -349,7 +347,14 @@ def estimate(sim, comm=None, ranks=None, node_ranks=None, calibrate_time=True):
     est = dict(ranks=P, ranks_on_node=L, n_items=plan.n_items, replicas=rows, n_times=n_t,
                columns=K, cross=Pc, samples_total=plan.total_samples, n_steps=sim.n_steps,
                method=sim.method)
-    moments = 8 * rows * (1 + n_t * (2 * K + Pc))
+    row = 8 * (1 + n_t * (3 * K + Pc))      # one row's sums: count, s1, s2, shift, sx
+    stop_rule = bool((cfg.get("stop") or {}).get("stderr_target"))
+    share = -(-R // P)                        # realizations owned by one rank
+    # rows in flight: the current one and a boundary fragment; with a stopping rule every
+    # row a rank worked on in a stage stays a fragment until the stage's consolidation
+    flight = (2 * -(-rows // P) + 2) if stop_rule else min(rows, 2)
+    keep = sim.keep_moments(obs)
+    moments = row * flight
     try:  # the writer's library is loaded at the end anyway: count it in the process size
         from . import io
         io.h5py_has_mpi()
@@ -366,29 +371,21 @@ def estimate(sim, comm=None, ranks=None, node_ranks=None, calibrate_time=True):
     block = S * (PSI_COPIES * vec + 8 * n_t * (K * (1.5 if sim.antithetic else 1.0) + 2 * Pc))
     comps = _output_components(obs)
     per_time = 8 * n_t * sum(comps.values())
-    parts = dict(observables=3 * per_time, realizations=2 * R * per_time,
-                 moments=moments + 16 * Pc, disorder=_disorder_bytes(sim, R, O),
-                 metadata=256 * 1024 + 64 * K)
+    # this rank's done rows: estimates (mean, stderr) per row, plus their sums if kept
+    done = share * O * (2 * per_time + (row if keep else 0))
+    parts = dict(observables=3 * per_time, realizations=2 * R * per_time + 8 * R,
+                 moments=(rows * row + 16 * Pc) if keep else 0,
+                 disorder=_disorder_bytes(sim, R, O), metadata=256 * 1024 + 64 * K)
     out_cfg = cfg["output"]
-    if out_cfg.get("write_partial", True):
-        parts["partial"] = P * moments
     if out_cfg.get("compare_exact"):
         parts["exact"] = (2 + R) * per_time
-    results = parts["observables"] + parts["realizations"]
-    gather_partial = 0
-    if out_cfg.get("write_partial", True) and P > 1:
-        from . import io
-        try:
-            if comm.size == P:
-                gathered = io.writer_kind(comm) != "mpio"
-            else:  # planning another rank count: the writer that run would choose
-                gathered = (not io.h5py_has_mpi() or
-                            os.environ.get("CTWA_H5_GATHER", "0") not in ("", "0"))
-        except ImportError:
-            gathered = True
-        gather_partial = P * moments if gathered else 0
-    during = base + moments + block + tables
-    rank0 = base + ROOT_MOMENT_COPIES * moments + 3 * results + gather_partial + tables
+    rows_total = parts["realizations"] + parts["moments"] + parts["disorder"]
+    during = base + moments + block + tables + done
+    # rank 0 at the end: its own rows, one other rank's rows (gather writer), and a small
+    # run's rows gathered into the in-memory result
+    gathered = rows_total if rows_total <= sim.GATHER_BYTES else 0
+    rank0 = during + min(rows_total, done + parts["disorder"] // max(P, 1)) + 2 * gathered \
+        + 3 * parts["observables"]
     node = max(during, rank0) + (L - 1) * during
     avail = memory_available()
     user = float(out_cfg.get("max_memory_gb") or 0.0)
@@ -397,15 +394,16 @@ def estimate(sim, comm=None, ranks=None, node_ranks=None, calibrate_time=True):
     limit = int(user * 2**30) if user > 0 else None
     source = (f"output.max_memory_gb = {user:g}" if limit else
               "none (output.max_memory_gb = 0: the node's MemAvailable)")
-    ck_rank = moments + 8 * -(-plan.n_items // P) + 4096
-    est.update(moments=moments, block=int(block), tables=int(tables), base=int(base),
+    ck_rank = moments + done + 16 * flight * plan.blocks_per_row + 4096
+    est.update(moments=int(moments), row=int(row), rows_in_flight=int(flight),
+               keep_moments=bool(keep), done_rows=int(done), block=int(block),
+               tables=int(tables), base=int(base),
                memory_per_rank=int(during), memory_rank0=int(rank0), memory_node=int(node),
                memory_available=avail, memory_limit=limit, limit_source=source,
                output=int(sum(parts.values())), output_parts={k: int(v) for k, v in
-                                                                parts.items()},
+                                                                parts.items() if v},
                checkpoint_per_rank=int(ck_rank), checkpoint_per_save=int(P * ck_rank),
-               gather_partial=int(gather_partial), calibration=cal, time_s=None,
-               core_hours=None, time_lower_bound=None)
+               calibration=cal, time_s=None, core_hours=None, time_lower_bound=None)
     if cal is not None and cal["complete"]:
         per_sample = cal["draw_s"] + sim.n_steps * cal["step_s"] + n_t * cal["add_s"]
         total = rows * cal["setup_s"] + plan.n_items * cal["call_s"] + \
@@ -453,8 +451,9 @@ def lines(est):
            f"{est['n_steps']} RK4 steps, {est['n_times']} output times, {est['columns']} "
            f"columns + {est['cross']} cross products, {est['ranks']} rank(s) "
            f"({est['ranks_on_node']} on this node)",
-           f"estimate: memory per rank {_size(est['memory_per_rank'])} (moments "
-           f"{_size(est['moments'])}, block {_size(est['block'])}, tables "
+           f"estimate: memory per rank {_size(est['memory_per_rank'])} (rows in flight "
+           f"{est['rows_in_flight']} x {_size(est['row'])}, done rows "
+           f"{_size(est['done_rows'])}, block {_size(est['block'])}, tables "
            f"{_size(est['tables'])}, process {_size(est['base'])}), rank 0 at the end "
            f"{_size(est['memory_rank0'])}; this node ({est['ranks_on_node']} rank(s)) "
            f"{_size(est['memory_node'])} of MemAvailable {_size(est['memory_available'])}; "
@@ -481,26 +480,26 @@ def _memory_message(est, need, limit, where):
     mom, block = est["moments"], est["block"]
     if est["base"] + est["tables"] >= 0.5 * limit:
         field = "output.max_memory_gb"  # the process itself is near the limit
+    elif est.get("keep_moments") and est["done_rows"] >= max(mom, block):
+        field = "output.moments"
+    elif est["done_rows"] >= max(mom, block):
+        field = "disorder.realizations"
     elif mom >= block:
-        if R_O > 1:
-            field = "disorder.realizations"
-        else:
-            field = "time.output_dt" if n_t >= K else "observables.names"
+        field = "time.output_dt" if n_t >= K else "observables.names"
     else:
         field = "method.batch"
     what = (f"{field}: this run needs about {_size(need)} {where}, more than "
             f"{_size(limit)}; per rank {_size(est['memory_per_rank'])}, rank 0 at the end "
-            f"{_size(est['memory_rank0'])}; the moment sums alone are {_size(mom)} ({R_O} "
-            f"realization x offset replicas x {n_t} output times x (2 x {K} columns + {Pc} "
-            f"cross products) x 8 B, held by every rank), one work block {_size(block)} "
-            f"(method.batch x output times x columns). Change disorder.realizations (split "
-            f"the study into jobs with disorder.first, they merge exactly), a larger "
-            f"time.output_dt (fewer output times), fewer observables.names / "
-            f"observables.pairs / observables.subsystems, a smaller method.batch, fewer "
-            f"ranks per node")
-    if est.get("gather_partial"):
-        what += (f", output.write_partial = false (rank 0 gathers {_size(est['gather_partial'])}"
-                 " of /partial)")
+            f"{_size(est['memory_rank0'])}; the moment sums of the rows in flight are "
+            f"{_size(mom)} ({est['rows_in_flight']} of {R_O} realization x offset rows x "
+            f"{n_t} output times x (3 x {K} columns + {Pc} cross products) x 8 B), the done "
+            f"rows {_size(est['done_rows'])}, one work block {_size(block)} "
+            f"(method.batch x output times x columns). Change disorder.realizations (split the "
+            f"study into jobs with disorder.first, they merge exactly), a larger "
+            f"time.output_dt (fewer "
+            f"output times), fewer observables.names / observables.pairs / "
+            f"observables.subsystems, a smaller method.batch, more ranks (the done rows "
+            f"split), fewer ranks per node, output.moments = 'never'")
     return what + "; or override with --ignore-limits"
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import checkpoint as ckpt_mod
 from . import clusters, config as config_mod, conservation, modelspec, observables, parallel
-from . import layout, sampling, states, stats
+from . import layout, outrows, rowstore, sampling, states, stats
 from .blockloop import BlockLoop, Progress, _hms  # noqa: F401  (Progress: re-exported)
 from .workplan import WorkItem  # noqa: F401  (re-exported: items of Simulation.plan_work)
 
@@ -81,7 +81,7 @@ class Simulation:
         self.observable_set(0)
         self.partitions(0)
         self.check_stop_config()
-        self.partial = None
+        self.rows = None           # this rank's per-realization rows after run() (the writer's)
         self.progress_bar = None   # a text stream: live progress bar (ctwa_hpc.run, serial)
         self._static = not self.build_model(0).time_dependent
         self.drift = conservation.DriftMonitor(self._static)
@@ -230,22 +230,38 @@ class Simulation:
         return obs, stats.Moments.zeros(self.n_replicas, len(self.times), obs.n_stat_columns,
                                         obs.cross)
 
-    def estimates(self, outputs, total):
-        """Per-realization (mean, stderr) of every output, averaged over cluster offsets.
+    MOMENTS_AUTO_BYTES = 256 * 2 ** 20   # output.moments = "auto": store /moments up to this
+    GATHER_BYTES = 64 * 2 ** 20          # rows also kept in the in-memory result up to this
 
-        Nonlinear outputs (connected correlators, entropies) are formed per (realization,
-        offset) first and then averaged, as in fig. 7 of the paper; the offset average of
-        independent estimates has stderr √(Σ_o se_o²)/n_offsets.
-        """
-        R, O = self.cfg["disorder"]["realizations"], self.n_offsets
-        out = {}
-        for name, (mean, se) in stats.realization_estimates(outputs, total).items():
-            mean = mean.reshape((R, O) + mean.shape[1:]).mean(axis=1)
-            se = np.sqrt((se.reshape((R, O) + se.shape[1:]) ** 2).sum(axis=1)) / O
-            if self.deterministic:
-                se = np.zeros_like(mean)
-            out[name] = (mean, se)
-        return out
+    def moments_bytes(self, obs=None):
+        """Bytes of the moment sums of all rows (count, s1, s2, shift, sx)."""
+        obs = obs or self.observable_set(0)
+        K, P = obs.n_stat_columns, len(obs.cross)
+        return 8 * self.n_replicas * (1 + len(self.times) * (3 * K + P))
+
+    def keep_moments(self, obs=None):
+        """Whether the sums of every row are kept for ``/moments`` (``output.moments``)."""
+        mode = self.cfg["output"]["moments"]
+        if mode == "auto":
+            return self.moments_bytes(obs) <= self.MOMENTS_AUTO_BYTES
+        return mode == "always"
+
+    def new_store(self):
+        """The ObservableSet and an empty :class:`~ctwa_hpc.rowstore.RowStore` of this run."""
+        obs = self.observable_set(0)
+        store = rowstore.RowStore(obs.outputs, self.plan_work(), len(self.times),
+                                  obs.n_stat_columns, obs.cross, antithetic=self.antithetic,
+                                  keep_moments=self.keep_moments(obs),
+                                  deterministic=self.deterministic)
+        return obs, store
+
+    def store_from_moments(self, total):
+        """A serial RowStore whose rows are all done, from the sums of every row (merge)."""
+        obs, store = self.new_store()
+        for row in range(len(total.count)):
+            store.frags[row] = [total.take([row]), []]
+            store._finish(row)
+        return obs, store
 
     def stages(self, items):
         """Item indices grouped into the stages between two checks of the stopping rule.
@@ -269,26 +285,29 @@ class Simulation:
         ``checkpoint``: a :class:`~ctwa_hpc.checkpoint.Checkpoint` (collective start, resume
         with ``resume=True``; stop signals are honoured only with one).  After a stop request
         every rank saves its checkpoint and raises :class:`~ctwa_hpc.checkpoint.Interrupted`.
-        This rank's partial sums are left in ``self.partial`` (the writer stores them).
-        ``stop_flag``: an installed :class:`~ctwa_hpc.checkpoint.StopFlag` (the CLI keeps it
-        installed until the output is written); by default one is installed for the run.
+        At the end every rank saves its checkpoint once more (a failed write of the output
+        loses nothing), and this rank's per-realization rows are left in ``self.rows`` (the
+        writer stores them).  ``stop_flag``: an installed
+        :class:`~ctwa_hpc.checkpoint.StopFlag` (the CLI keeps it installed until the output
+        is written); by default one is installed for the run.
         """
         if self.method == "exact":
-            self.partial = None
+            self.rows = None
             return self.run_exact()
         t0 = time.time()
-        obs, local = self.new_moments()
-        items = self.plan_work()
-        done, own = set(), []
+        obs, store = self.new_store()
+        items = store.plan
+        done = np.zeros(0, np.int64)
         flag, own_flag = stop_flag, False
+        self._checkpoint = checkpoint
         if checkpoint is not None:
-            done, own = checkpoint.start(resume, force, local)
+            done = checkpoint.start(resume, force, store)
             if flag is None:
                 flag, own_flag = ckpt_mod.StopFlag().install(), True
         progress = Progress(self.comm, items.total_samples, items.samples_of(done),
                             items.n_items, self.cfg["output"]["progress_every_s"], self.quiet,
                             bar=self.progress_bar)
-        loop = BlockLoop(self, items, own, local, checkpoint, flag, progress)
+        loop = BlockLoop(self, items, store, checkpoint, flag, progress)
         try:
             stopped = False
             for stage in self.stages(items):
@@ -296,16 +315,15 @@ class Simulation:
                 if loop.run(stage.share(done, self.comm.size, self.comm.rank)):
                     stopped = True
                     break
-                if self._precise_enough(obs, local):
+                if self._precise_enough(obs, store):
                     break
         finally:
             if own_flag:
                 flag.restore()
-        self.partial = local
+        if checkpoint is not None:
+            checkpoint.save(store)
         if stopped:
-            if checkpoint is not None:
-                checkpoint.save(own, local)
-            n_done = self.comm.allreduce(len(own))
+            n_done = self.comm.allreduce(store.n_items)
             if self.comm.rank == 0:
                 log.warning("stop requested (%s): checkpoint saved with %d/%d work blocks",
                             loop.reason or "another rank", n_done, items.n_items)
@@ -313,28 +331,34 @@ class Simulation:
                                        items.n_items)
         progress.final()
         progress.balance(loop)
-        return self.finish(obs, local, time.time() - t0)
+        return self.finish(obs, store, time.time() - t0)
 
-    def _precise_enough(self, obs, local):
+    def _precise_enough(self, obs, store):
         """The optional stopping rule (collective): max stderr of ``stop.observables`` over
-        times and components below ``stop.stderr_target`` (decided on rank 0)."""
+        times and components below ``stop.stderr_target`` (decided on rank 0).
+
+        The fragments go to the owners of their realizations first (a new checkpoint
+        generation records the move), so every rank checks its own realizations."""
         stop = self.cfg.get("stop") or {}
         target = stop.get("stderr_target")
         if not target:
             return False
-        total = self._reduce(local)
+        store.consolidate(self.comm)
+        if getattr(self, "_checkpoint", None) is not None:
+            self._checkpoint.commit(store)
+        names = stop.get("observables") or list(obs.outputs)
+        _, _, vals, counts, _ = store.realization_values(self.comm, allow_partial=True)
+        avg = rowstore.disorder_average(self.comm, {n: vals[n] for n in names},
+                                        self.cfg["disorder"]["realizations"])
+        n_min = min(x for x in self.comm.allgather(counts.min() if len(counts) else np.inf))
         decision = None
         if self.comm.rank == 0:
-            names = stop.get("observables") or list(obs.outputs)
-            est = self.estimates({n: obs.outputs[n] for n in names}, total)
             worst = 0.0
-            for mean_r, se_r in est.values():
-                _, se, _ = stats.disorder_average(mean_r, se_r)
+            for _, se, _ in avg.values():
                 worst = max(worst, float(np.nanmax(se)) if np.isfinite(se).any() else np.inf)
-            n = int(total.count.min()) * (2 if self.antithetic else 1)
             decision = bool(worst <= target)
             log.info("stopping rule: max stderr %.3g %s target %.3g after %d samples per "
-                     "realization%s", worst, "<=" if decision else ">", target, n,
+                     "realization%s", worst, "<=" if decision else ">", target, int(n_min),
                      ": stopping" if decision else "")
         return self.comm.bcast(decision, root=0)
 
@@ -352,29 +376,45 @@ class Simulation:
                 raise config_mod.ConfigError(f"stop.observables[{k}]: {name!r} is not an output "
                                              f"of this run (known: {sorted(known)})")
 
-    def _reduce(self, local):
-        return stats.Moments(*(parallel.reduce_sum(self.comm, a) for a in
-                               (local.count, local.s1, local.s2, local.sx)), local.cross)
+    def finish(self, obs, store, wall):
+        """Rows to their owners, realization values, disorder average; RunResult on rank 0.
 
-    def finish(self, obs, local, wall):
-        """Reduce moments to rank 0 and build the result there."""
-        total = self._reduce(local)
-        drift = self.drift.reduce(self.comm)
-        if self.comm.rank != 0:
+        Every rank keeps its realizations' rows in ``self.rows`` (for the writer); the
+        in-memory result holds all rows too when they are small (:attr:`GATHER_BYTES`).
+        """
+        comm = self.comm
+        R, O = self.cfg["disorder"]["realizations"], self.n_offsets
+        store.consolidate(comm)
+        if (self.cfg.get("stop") or {}).get("stderr_target"):
+            store.finish_all()   # the stopping rule ended the rows early
+        lo, hi, vals, counts, mom = store.realization_values(comm)
+        avg = rowstore.disorder_average(comm, vals, R)
+        drift = self.drift.reduce(comm)
+        n_units = parallel.allreduce_sum(comm, np.array([counts.sum()]))[0]
+        disorder = self.disorder_record(lo, hi)
+        local = {n: dict(real_mean=vals[n][0], real_stderr=vals[n][1], kind=o.kind,
+                         labels=o.labels) for n, o in obs.outputs.items()}
+        self.rows = outrows.realization_rows(local, lo, R, O, disorder=disorder, moments=mom,
+                                             counts=counts, cross=obs.cross)
+        small = parallel.allreduce_sum(comm, np.array([float(self.rows.nbytes)]))[0] \
+            <= self.GATHER_BYTES
+        blocks = comm.gather((vals, counts, disorder, mom) if small else None, root=0)
+        if comm.rank != 0:
             return None
-        est = self.estimates(obs.outputs, total)
+        full = outrows.concat_blocks(blocks, store.cross) if small else None
         outputs = {}
-        for name, (mean_r, se_r) in est.items():
-            mean, se, within = stats.disorder_average(mean_r, se_r)
+        for name, (mean, se, within) in avg.items():
             o = obs.outputs[name]
-            outputs[name] = dict(mean=mean, stderr=se, stderr_within=within, real_mean=mean_r,
-                                 real_stderr=se_r, description=o.description, labels=o.labels,
-                                 kind=o.kind)
-        per_unit = 2 if self.antithetic else 1
-        res = RunResult(self.cfg, self.times, self.method, outputs, total,
-                        int(total.count.sum()) * per_unit, wall, self.comm.size,
-                        self.backend_used())
-        res.extra["disorder"] = self.disorder_record()
+            outputs[name] = dict(mean=mean, stderr=se, stderr_within=within,
+                                 real_mean=full["vals"][name][0] if full else None,
+                                 real_stderr=full["vals"][name][1] if full else None,
+                                 description=o.description, labels=o.labels, kind=o.kind)
+        res = RunResult(self.cfg, self.times, self.method, outputs,
+                        full["moments"] if full else None, int(round(n_units)), wall,
+                        comm.size, self.backend_used())
+        if full:
+            res.extra["disorder"] = full["disorder"]
+            res.extra["realization_samples"] = full["counts"]
         res.extra["columns"] = layout.column_labels(obs)
         if self.method != "operator":
             self.drift.static = self._static
@@ -402,30 +442,35 @@ class Simulation:
     # -- what the output records of every realization -----------------------------------------
     MAX_STORED_COUPLINGS = 4_000_000
 
-    def disorder_record(self):
-        """Positions, fields, couplings (when not too large) and clusters of every realization.
+    def disorder_record(self, lo=0, hi=None):
+        """Positions, fields, couplings (when not too large) and clusters of realizations
+        [lo, hi) (default: all).
 
-        Returns arrays with a leading realization axis (R, ...): ``positions`` (R, N, d),
+        Returns arrays with a leading realization axis (hi − lo, ...): ``positions`` (R, N, d),
         ``fields`` {component: (R, N)}, ``couplings`` {key: (R, N, N)} (omitted above
         :attr:`MAX_STORED_COUPLINGS` numbers, or for chain models), ``cluster_of_site``
         (R, n_offsets, N): the cluster index of every site in every partition, and
         ``realization_index`` (R,): the global realization numbers (disorder.first + r).
         """
         R, N = self.cfg["disorder"]["realizations"], self.n_sites
+        hi = R if hi is None else hi
+        n = hi - lo
         pos, cl, fields, coup = [], [], {}, {}
-        for r in range(R):
+        for i, r in enumerate(range(lo, hi)):
             inst = self.instance(r)
             pos.append(np.asarray(inst.positions, dtype=float))
             cl.append([_cluster_of_site(p) for p in self.partitions(r)])
             for comp, v in inst.fields.items():
-                fields.setdefault(comp, np.zeros((R, N)))[r] = v
+                fields.setdefault(comp, np.zeros((n, N)))[i] = v
             if inst.couplings is not None:
                 n_keys = len(inst.couplings)
                 if R * N * N * n_keys <= self.MAX_STORED_COUPLINGS:
                     for key, J in inst.couplings.items():
-                        coup.setdefault(key, np.zeros((R, N, N)))[r] = J
+                        coup.setdefault(key, np.zeros((n, N, N)))[i] = J
+        if not pos:
+            return dict(realization_index=np.zeros(0, np.int64))
         out = dict(positions=np.array(pos), cluster_of_site=np.array(cl, dtype=np.int64),
-                   realization_index=self.models.global_realization(0) + np.arange(R))
+                   realization_index=self.models.global_realization(lo) + np.arange(n))
         if fields:
             out["fields"] = fields
         if coup:
@@ -538,3 +583,4 @@ def _cluster_of_site(partition):
     for c, sites in enumerate(partition.clusters):
         out[list(sites)] = c
     return out
+

@@ -1,12 +1,14 @@
 r"""Monte Carlo moments and estimators (mean, standard error) for CTWA observables.
 
-Per realization and output time, ranks accumulate plain sums over samples of every column x_k,
-of x_k², and of the cross products x_i x_j needed by connected correlators.  Sums merge exactly
-(MPI reduction, checkpoints, separate jobs), so nothing else about samples is kept.
+Per (realization, offset) row and output time, ranks accumulate sums over samples of every
+column x_k, of x_k², and of the cross products x_i x_j needed by connected correlators, all
+shifted by a per-row constant (see :class:`Moments`).  Sums merge exactly (between ranks,
+checkpoints, separate jobs), so nothing else about samples is kept.
 
 Estimators
 ----------
-* mean  m_k = Σx_k / n,  stderr = √(s_k²/n),  s_k² = (Σx_k² − n m_k²)/(n − 1).
+* mean  m_k = c_k + Σ(x_k − c_k)/n,  stderr = √(s_k²/n),
+  s_k² = (Σ(x_k − c_k)² − (Σ(x_k − c_k))²/n)/(n − 1)  (c_k: the row's shift).
 * connected  C = m_p − m_x m_y with stderr from the delta method (influence function
   p − m_y x − m_x y):  Var = s_p² + m_y² s_x² + m_x² s_y² − 2 m_y c_px − 2 m_x c_py + 2 m_x m_y c_xy.
 * entropy-type outputs (``entropy``, ``renyi2``, ``rdm_min_eig``) and the squeezing parameter
@@ -34,41 +36,110 @@ import numpy as np
 
 @dataclass
 class Moments:
-    """Sums over samples for ``n_real`` realizations: count[r], s1/s2[r, t, k], sx[r, t, p]."""
+    """Shifted sums over samples for ``n_real`` rows: count[r], s1/s2[r, t, k], sx[r, t, p].
+
+    Every row carries a shift c[r, t, k] (the column values of the first sample added to it) and
+    holds s1 = Σ(x − c), s2 = Σ(x − c)², sx = Σ(x_a − c_a)(x_b − c_b): the variance
+    (s2 − s1²/n)/(n − 1) then has no cancellation between two large sums (columns that do not
+    fluctuate give exactly 0).  Rows with different shifts merge exactly (:meth:`merge`
+    re-shifts), so the sums still combine across ranks, checkpoints and jobs.
+    """
 
     count: np.ndarray
     s1: np.ndarray
     s2: np.ndarray
     sx: np.ndarray
     cross: np.ndarray  # (P, 2) column index pairs
+    shift: np.ndarray = None
+
+    def __post_init__(self):
+        if self.shift is None:
+            self.shift = np.zeros_like(self.s1)
+
+    KEYS = ("count", "s1", "s2", "sx", "shift")
 
     @classmethod
     def zeros(cls, n_real, n_t, n_cols, cross):
         cross = np.asarray(cross, dtype=np.int64).reshape(-1, 2)
         return cls(np.zeros(n_real), np.zeros((n_real, n_t, n_cols)),
-                   np.zeros((n_real, n_t, n_cols)), np.zeros((n_real, n_t, len(cross))), cross)
+                   np.zeros((n_real, n_t, n_cols)), np.zeros((n_real, n_t, len(cross))), cross,
+                   np.zeros((n_real, n_t, n_cols)))
+
+    @property
+    def nbytes(self):
+        return sum(a.nbytes for a in self.arrays().values())
+
+    def mean(self):
+        """Column means c + s1/n (NaN where n = 0)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.shift + self.s1 / self.count[:, None, None]
 
     def add(self, r, cols, antithetic=False):
-        """Accumulate per-sample columns (n_t, K, S) into realization ``r``."""
+        """Accumulate per-sample columns (n_t, K, S) into row ``r``."""
         if antithetic:
             S = cols.shape[-1]
             if S % 2:
                 raise ValueError("antithetic batches must hold whole pairs")
             cols = 0.5 * (cols[..., 0::2] + cols[..., 1::2])
-        self.count[r] += cols.shape[-1]
-        self.s1[r] += cols.sum(axis=-1)
-        self.s2[r] += np.einsum("tks,tks->tk", cols, cols)
+        if self.count[r] == 0:
+            self.shift[r] = cols[..., 0]     # the row's first sample: exact for constants
+        n_t, K, S = cols.shape
+        step = max(1, (8 << 20) // max(8 * K * S, 1))     # ~8 MiB of shifted values at a time
+        a, b = self.cross[:, 0], self.cross[:, 1]
+        for t0 in range(0, n_t, step):
+            t = slice(t0, min(t0 + step, n_t))
+            x = cols[t] - self.shift[r, t, :, None]
+            self.s1[r, t] += x.sum(axis=-1)
+            self.s2[r, t] += np.einsum("tks,tks->tk", x, x)
+            if len(self.cross):
+                self.sx[r, t] += np.einsum("tps,tps->tp", x[:, a], x[:, b])
+        self.count[r] += S
+
+    def merge_row(self, r, other, k):
+        """Add row ``k`` of ``other`` into row ``r``, re-shifted to this row's shift:
+        Σ(x − c) = s1' + n'd, Σ(x − c)² = s2' + 2d s1' + n'd², d = c' − c (and likewise for
+        the cross products)."""
+        n = other.count[k]
+        if n == 0:
+            return
+        if self.count[r] == 0:
+            for key in ("s1", "s2", "sx", "shift"):
+                getattr(self, key)[r] = getattr(other, key)[k]
+            self.count[r] = n
+            return
+        d = other.shift[k] - self.shift[r]
+        s1o = other.s1[k]
+        self.s1[r] += s1o + n * d
+        self.s2[r] += other.s2[k] + 2.0 * d * s1o + n * d * d
         if len(self.cross):
             a, b = self.cross[:, 0], self.cross[:, 1]
-            self.sx[r] += np.einsum("tps,tps->tp", cols[:, a], cols[:, b])
+            self.sx[r] += (other.sx[k] + d[:, a] * s1o[:, b] + d[:, b] * s1o[:, a]
+                           + n * d[:, a] * d[:, b])
+        self.count[r] += n
 
     def merge(self, other):
-        for name in ("count", "s1", "s2", "sx"):
-            getattr(self, name)[...] += getattr(other, name)
+        """Add ``other`` row by row (same number of rows)."""
+        for r in range(len(self.count)):
+            self.merge_row(r, other, r)
         return self
 
     def arrays(self):
-        return {"count": self.count, "s1": self.s1, "s2": self.s2, "sx": self.sx}
+        return {k: getattr(self, k) for k in self.KEYS}
+
+    @classmethod
+    def from_arrays(cls, arrays, cross):
+        """Moments from stored arrays (files written before the shift have none: zero)."""
+        a = {k: np.array(arrays[k], dtype=np.float64) for k in ("count", "s1", "s2", "sx")}
+        shift = arrays.get("shift")
+        return cls(a["count"], a["s1"], a["s2"], a["sx"],
+                   np.asarray(cross, dtype=np.int64).reshape(-1, 2),
+                   None if shift is None else np.array(shift, dtype=np.float64))
+
+    def take(self, rows):
+        """A copy holding only ``rows``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return Moments(*(np.array(getattr(self, k)[rows]) for k in ("count", "s1", "s2", "sx")),
+                       self.cross, np.array(self.shift[rows]))
 
 
 def _cov(n, s1i, s1j, sij):
@@ -79,8 +150,8 @@ def _cov(n, s1i, s1j, sij):
 def realization_estimates(outputs, mom):
     """Per-realization mean and stderr of every output: {name: (mean[R, t, ...], se[R, t, ...])}."""
     n = mom.count[:, None, None]
+    m = mom.mean()
     with np.errstate(invalid="ignore", divide="ignore"):
-        m = mom.s1 / n
         var = _cov(n, mom.s1, mom.s1, mom.s2)
     var = np.maximum(var, 0.0)
     cross_index = {tuple(p): i for i, p in enumerate(mom.cross.tolist())}

@@ -183,7 +183,7 @@ class Stage:
 
     def positions(self, indices):
         """Sorted stage positions of those ``indices`` that belong to this stage."""
-        if not indices:
+        if len(indices) == 0:
             return np.zeros(0, dtype=np.int64)
         idx = np.fromiter(indices, dtype=np.int64, count=len(indices))
         row, b = np.divmod(idx, self.plan.blocks_per_row)

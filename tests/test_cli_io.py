@@ -60,7 +60,7 @@ def test_exact_output_has_no_stderr(tmp_path, realizations):
         assert "stderr" not in o and "stderr_within" not in o, name
         assert ("stderr_disorder" in o) == (realizations > 1)
         assert data["realizations"][name]["mean"].shape[0] == realizations
-    assert "moments" not in data and "partial" not in data
+    assert "moments" not in data
     with h5py.File(out, "r") as f:
         names = []
         f.visit(names.append)
@@ -95,7 +95,6 @@ def test_load_round_trip(written):
             assert ga["labels"] == list(o["labels"])
     for k, v in res.moments.arrays().items():
         np.testing.assert_array_equal(data["moments"][k], v)
-        np.testing.assert_array_equal(data["partial"][k], v[None])  # one rank: one row
     np.testing.assert_array_equal(data["moments"]["cross"], res.moments.cross)
     expected = {s: {k: v for k, v in keys.items() if v is not None} for s, keys in cfg.items()}
     assert data["config"] == expected
@@ -139,8 +138,20 @@ def test_config_hash_ignores_output_settings():
     assert checkpoint.config_hash(a) == checkpoint.config_hash(b) != checkpoint.config_hash(c)
 
 
-def test_partial_can_be_switched_off(tmp_path):
+def test_moments_are_optional_and_partial_sums_gone(tmp_path):
+    """output.moments = 'never' drops /moments (the per-realization rows and n_samples stay);
+    the removed output.write_partial is an error that names the replacement."""
     out = tmp_path / "o.h5"
-    check(run_cli(["run", TINY, "-o", out, "-q", "--set", "output.write_partial=false"]))
+    check(run_cli(["run", TINY, "-o", out, "-q", "--set", "output.moments='never'"]))
     data = io.load(out)
-    assert "partial" not in data and "moments" in data
+    assert "moments" not in data and "partial" not in data
+    cfg = config.load(TINY)
+    R, S = cfg["disorder"]["realizations"], cfg["method"]["samples"]
+    np.testing.assert_array_equal(data["realization_samples"], np.full(R, S))
+    out2 = tmp_path / "p.h5"
+    r = check(run_cli(["run", TINY, "-o", out2, "-q", "--set", "output.write_partial=false"]), 2)
+    assert "output.write_partial: removed" in r.stderr and "output.moments" in r.stderr
+    r = check(run_cli(["run", TINY, "-o", out2, "-q", "--set", "output.moments='some'"]), 2)
+    assert "output.moments" in r.stderr
+
+

@@ -119,10 +119,16 @@ def test_estimate_parts_and_refusal_in_process():
     R, O, n_t = 2, 1, 11
     obs = sim.observable_set(0)
     K, P = obs.n_stat_columns, len(obs.cross)
-    assert est["moments"] == 8 * R * O * (1 + n_t * (2 * K + P))
-    assert est["memory_per_rank"] > est["moments"] and est["memory_rank0"] > est["moments"]
+    row = 8 * (1 + n_t * (3 * K + P))          # count, s1, s2, shift, sx of one row
+    assert est["row"] == row and est["rows_in_flight"] == 2 and est["moments"] == 2 * row
+    assert est["keep_moments"] and est["done_rows"] >= R * O * row   # /moments kept (small)
+    assert est["memory_per_rank"] > est["moments"] + est["done_rows"]
+    assert est["memory_rank0"] >= est["memory_per_rank"]
     assert est["checkpoint_per_save"] >= est["moments"]
-    assert est["output_parts"]["partial"] == est["moments"]
+    assert est["output_parts"]["moments"] == R * O * row + 16 * P
+    assert "partial" not in est["output_parts"]
+    never = preflight.estimate(tiny_sim("output.moments='never'"))
+    assert "moments" not in never["output_parts"] and never["done_rows"] < est["done_rows"]
     assert est["time_s"] is not None and not est["time_lower_bound"]
     assert preflight.check(est) == []
     with pytest.raises(ConfigError, match=r"^output\.max_memory_gb: "):
@@ -174,7 +180,10 @@ def test_estimate_command(tmp_path):
     r = check(run_cli(["estimate", TINY, "--ranks", "4", "--json", js]))
     assert "estimate: memory per rank" in r.stdout and "within the limits" in r.stdout
     est = json.loads(js.read_text())
-    assert est["ranks"] == 4 and est["output_parts"]["partial"] == 4 * est["moments"]
+    assert est["ranks"] == 4
+    one = json.loads((check(run_cli(["estimate", TINY, "--ranks", "1", "--json", js])) and
+                      js).read_text())
+    assert one["output"] == est["output"]          # the output does not grow with the ranks
     r = check(run_cli(["estimate", TINY, "--set", "disorder.realizations=1000000000000"]), 2)
     assert "refused: disorder.realizations: " in r.stderr
 
@@ -194,8 +203,8 @@ def test_estimate_matches_a_measured_run(tmp_path):
     measured = rep["maxrss"]
     need = max(est["memory_per_rank"], est["memory_rank0"])
     growth = measured - est["base"]
-    assert est["moments"] > 20e6
-    assert need >= est["base"] + est["moments"]
+    assert est["done_rows"] > 20e6               # /moments kept: the done rows hold sums
+    assert need >= est["base"] + est["done_rows"]
     assert need - est["base"] <= 10 * growth
     assert measured / 3 <= need <= 3 * measured, (need, measured)
     from ctwa_hpc import io
