@@ -64,6 +64,7 @@ class RowStore:
         self.antithetic = bool(antithetic)
         self.keep_moments = bool(keep_moments)
         self.deterministic = bool(deterministic)
+        self.compiled = True      # the Cython accumulation (False: the NumPy twin)
         self.frags = {}   # row -> [Moments (1 row), list of item indices]
         self.done = {}    # row -> {"count": float, "est": {name: (mean, se)}, "moments": M|None}
 
@@ -78,7 +79,7 @@ class RowStore:
             if row in self.done:
                 raise RuntimeError(f"work item {k}: row {row} is already complete")
             frag = self.frags[row] = [self._new(), []]
-        frag[0].add(0, cols, antithetic=self.antithetic)
+        frag[0].add(0, cols, antithetic=self.antithetic, compiled=self.compiled)
         frag[1].append(int(k))
         if len(frag[1]) == self.B:
             self._finish(row)

@@ -253,6 +253,7 @@ class Simulation:
                                   obs.n_stat_columns, obs.cross, antithetic=self.antithetic,
                                   keep_moments=self.keep_moments(obs),
                                   deterministic=self.deterministic)
+        store.compiled = self.backend != "numpy"
         return obs, store
 
     def store_from_moments(self, total):

@@ -74,8 +74,12 @@ class Moments:
         with np.errstate(invalid="ignore", divide="ignore"):
             return self.shift + self.s1 / self.count[:, None, None]
 
-    def add(self, r, cols, antithetic=False):
-        """Accumulate per-sample columns (n_t, K, S) into row ``r``."""
+    def add(self, r, cols, antithetic=False, compiled=True):
+        """Accumulate per-sample columns (n_t, K, S) into row ``r``.
+
+        ``compiled``: use the one-pass Cython twin (``cython_kernels/moments.pyx``) when it is
+        built; otherwise (or ``False``) the NumPy path below.
+        """
         if antithetic:
             S = cols.shape[-1]
             if S % 2:
@@ -83,6 +87,12 @@ class Moments:
             cols = 0.5 * (cols[..., 0::2] + cols[..., 1::2])
         if self.count[r] == 0:
             self.shift[r] = cols[..., 0]     # the row's first sample: exact for constants
+        kernel = _moments_kernel() if compiled else None
+        if kernel is not None and cols.dtype == np.float64:
+            kernel(np.ascontiguousarray(cols), self.shift[r], self.s1[r], self.s2[r],
+                   np.ascontiguousarray(self.cross, dtype=np.int64), self.sx[r])
+            self.count[r] += cols.shape[-1]
+            return
         n_t, K, S = cols.shape
         step = max(1, (8 << 20) // max(8 * K * S, 1))     # ~8 MiB of shifted values at a time
         a, b = self.cross[:, 0], self.cross[:, 1]
@@ -140,6 +150,20 @@ class Moments:
         rows = np.asarray(rows, dtype=np.int64)
         return Moments(*(np.array(getattr(self, k)[rows]) for k in ("count", "s1", "s2", "sx")),
                        self.cross, np.array(self.shift[rows]))
+
+
+_KERNEL = []
+
+
+def _moments_kernel():
+    """The compiled accumulation (None when the Cython kernels are not built)."""
+    if not _KERNEL:
+        try:
+            from ._kernels.moments import accumulate
+        except ImportError:
+            accumulate = None
+        _KERNEL.append(accumulate)
+    return _KERNEL[0]
 
 
 def _cov(n, s1i, s1j, sij):
