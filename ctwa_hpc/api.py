@@ -35,8 +35,10 @@ class Result:
     """Means, standard errors, times and metadata of a run (the in-memory twin of the file).
 
     ``outputs[name]`` is a dict with ``mean`` (n_t, ...), ``stderr`` (None for exact and
-    zero-noise runs), ``stderr_within``, per-realization ``real_mean``/``real_stderr``,
-    ``labels`` and ``description``; ``exact`` the exact reference's outputs (or None).
+    zero-noise runs), ``stderr_within``, per-realization ``real_mean``/``real_stderr``
+    (None when the rows of all realizations exceed 64 MiB: they are in the output file, written
+    by the ranks that own them), ``labels`` and ``description``; ``exact`` the exact
+    reference's outputs (or None).
     """
 
     def __init__(self, run_result, path=None):

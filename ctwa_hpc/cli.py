@@ -221,11 +221,14 @@ def _setup(args, comm):
         guards.check_output_path(cfg["output"]["path"], args.config)
         guards.check_time_grid(cfg)
         sim = Simulation(cfg, comm, backend=getattr(args, "backend", None), quiet=args.quiet)
-        mbytes = guards.check_simulation(sim)  # model/observable errors with their field
+        guards.check_simulation(sim)  # model/observable errors with their field
+        mbytes = 0
         if sim.method != "exact":
             sim.backend_used()  # method.backend = "cython" without a build fails here
             from . import preflight  # estimate and refusal before any O(work) step
-            preflight.gate(sim, comm, ignore=getattr(args, "ignore_limits", False))
+            est = preflight.gate(sim, comm, ignore=getattr(args, "ignore_limits", False))
+            # disk: the output plus two checkpoint generations (the switch keeps the old one)
+            mbytes = est["output"] + 2 * est["checkpoint_per_save"]
     except (ValueError, ArithmeticError, FileExistsError, RuntimeError, ImportError,
             OSError) as exc:
         return cfg, sim, 0, _message(exc), 2
@@ -325,8 +328,7 @@ def _run(args, comm, flag):
             guards.remove_output_temporaries(path)
             decision = _decide(cfg, sim, args, comm)
             if decision[0] is None and decision[1] == "run" and not exact_run:
-                guards.check_free_space(path, mbytes * (3 * comm.size + 3),
-                                        "this run (output and checkpoint)")
+                guards.check_free_space(path, mbytes, "this run (output and checkpoint)")
         except (ValueError, OSError) as exc:
             decision = (_message(exc), "run")
     err, action = comm.bcast(decision, root=0)

@@ -150,9 +150,6 @@ def check_simulation(sim):
         for part in sim.partitions(0):
             clusters.compile_problem(H, part)
             obs.compile(part)
-        # bytes of one copy of the moment sums (memory per rank: ctwa_hpc.preflight)
-        return 8 * sim.n_replicas * len(sim.times) * (2 * obs.n_stat_columns + len(obs.cross))
-    return 0
 
 
 # -- disk ----------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -97,9 +98,9 @@ def write_output(path, result, comm=None, rows=None, force=False):
     :class:`~ctwa_hpc.outrows.LocalRows` (the realizations it owns; None: rank 0 writes all
     rows of ``result``, other ranks none).  Per-realization datasets are created with their
     full length and every rank writes its own slice (mpio), or rank 0 receives the slices
-    rank by rank (gather writer): no process holds the rows of all realizations.
+    rank by rank (gather writer): no process holds the rows of all realizations.  A write
+    that does not finish within :func:`write_timeout` ends the process (exit 1).
     """
-    import h5py
     from .outrows import LocalRows, rows_from_result
     comm = comm if comm is not None else parallel.SerialComm()
     writer = writer_kind(comm)
@@ -118,12 +119,54 @@ def write_output(path, result, comm=None, rows=None, force=False):
     err, tmp, ops = comm.bcast(head, root=0)
     if err:
         raise FileExistsError(err)
+    with _deadline(write_timeout(rows.nbytes + (plan.nbytes if plan else 0))):
+        _write(tmp, writer, comm, ops, plan, rows)
+    comm.Barrier()
+    if comm.rank == 0:
+        os.replace(tmp, path)
+    comm.Barrier()
+    return path
+
+
+WRITE_TIMEOUT_S = 600.0     # plus 1 s per 5 MB: a write that takes longer is stuck
+
+
+def write_timeout(nbytes):
+    """Seconds after which a stuck write ends the process (``CTWA_WRITE_TIMEOUT_S``)."""
+    env = os.environ.get("CTWA_WRITE_TIMEOUT_S")
+    return float(env) if env else WRITE_TIMEOUT_S + nbytes / 5e6
+
+
+class _deadline:
+    """A watchdog that does not need the GIL (:func:`faulthandler.dump_traceback_later`):
+    if the write has not finished after ``seconds`` (a parallel-HDF5 close that spins after
+    ENOSPC, a hung file system), the process prints its traceback ("Timeout") and exits
+    with code 1; the checkpoint is kept, the temporary file is removed by the next run."""
+
+    def __init__(self, seconds):
+        self.seconds = float(seconds)
+
+    def __enter__(self):
+        import faulthandler
+        faulthandler.dump_traceback_later(self.seconds, exit=True, file=sys.stderr)
+
+    def __exit__(self, *exc):
+        import faulthandler
+        faulthandler.cancel_dump_traceback_later()
+        return False
+
+
+def _write(tmp, writer, comm, ops, plan, rows):
+    import h5py
+    hang = float(os.environ.get("CTWA_TEST_WRITE_HANG_S", "0") or 0)  # test hook
     if writer == "mpio":
         with h5py.File(tmp, "w", driver="mpio", comm=parallel.raw(comm)) as f:
             _create(f, ops)
             if comm.rank == 0:
                 _fill(f, plan.data)
             _fill_rows(f, rows)
+            if hang:
+                time.sleep(hang)
     elif comm.rank == 0:
         with h5py.File(tmp, "w") as f:
             _create(f, ops)
@@ -131,13 +174,10 @@ def write_output(path, result, comm=None, rows=None, force=False):
             _fill_rows(f, rows)
             for k in range(1, comm.size):   # one rank's block in memory at a time
                 _fill_rows(f, parallel.recv_object(comm, k))
+            if hang:
+                time.sleep(hang)
     else:
         parallel.send_object(comm, rows, 0)
-    comm.Barrier()
-    if comm.rank == 0:
-        os.replace(tmp, path)
-    comm.Barrier()
-    return path
 
 
 def write_result(path, result, force=False):

@@ -245,6 +245,10 @@ class _Plan:
     def group(self, path, attrs=None):
         self.ops.append(("group", path, attrs or {}))
 
+    @property
+    def nbytes(self):
+        return int(sum(np.asarray(v).nbytes for v in self.data.values()))
+
     def _add(self, path, value, shape, dtype, attrs, scale, attach):
         if self.rows is not None and path in self.rows.data:
             shape = (self.rows.length[path],) + tuple(np.shape(value)[1:])

@@ -10,8 +10,12 @@
    balanced contiguous share of the items still to do (:meth:`~ctwa_hpc.workplan.Stage.share`);
 4. ``run()``: per block draw the Wigner samples (eq. (18) or (52)–(54)), integrate the
    classical equations (eq. (19)/(61) kernels, or eq. (10) in density-matrix form), and add
-   the per-sample observable columns into :class:`~ctwa_hpc.stats.Moments`;
-5. reduce the moments to rank 0 and form means, standard errors and disorder averages.
+   the per-sample observable columns into the shifted sums of their row
+   (:class:`~ctwa_hpc.rowstore.RowStore`: only rows in flight keep sums; a complete row
+   becomes estimates at once);
+5. ``finish()``: rows split between ranks go to the owners of their realizations, which form
+   the realization values; the disorder average is two allreduces; every rank keeps the rows
+   of its realizations for the writer (``self.rows``).
 
 Between blocks each rank checkpoints on its own clock (:mod:`ctwa_hpc.checkpoint`) and
 exchanges a small status vector without blocking (:class:`~ctwa_hpc.parallel.Sync`): global

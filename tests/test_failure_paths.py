@@ -154,6 +154,26 @@ def test_disk_full_during_run_keeps_checkpoint(tmp_path, reference, n):
         assert leftovers(d) == ["o.h5"]
 
 
+@pytest.mark.parametrize("n", [None, 2])
+def test_stuck_write_ends_with_exit_1_and_keeps_checkpoint(tmp_path, reference, n):
+    """A final write that does not finish (parallel HDF5 spinning in close() after ENOSPC,
+    a hung file system; simulated by a sleep inside the open file) is ended by the
+    GIL-free watchdog: exit 1 within seconds, the checkpoint kept, and --resume finishes."""
+    if n and not HAVE_MPI:
+        pytest.skip("mpirun or mpi4py not available")
+    out = tmp_path / "o.h5"
+    t0 = time.time()
+    r = run_cli(["run", TINY, "-o", out, "-q"], n=n, timeout=120,
+                extra_env={"CTWA_TEST_WRITE_HANG_S": "600", "CTWA_WRITE_TIMEOUT_S": "3"})
+    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+    assert time.time() - t0 < FAST and "Timeout" in r.stderr
+    assert not out.exists() and (tmp_path / "o.h5.ckpt" / "manifest.json").exists()
+    r = check(run_cli(["run", TINY, "-o", out, "--resume"], n=n))
+    assert "12 of 12 work blocks already done" in r.stderr      # nothing was lost
+    same_as(reference, out)
+    assert leftovers(tmp_path) == ["o.h5"]                     # temporaries, lock: gone
+
+
 # -- 3. time functions: bounded cost, config errors instead of tracebacks ------------------------
 @pytest.mark.parametrize("expr, msg", [
     ("9**9**9**9", "not finite"),

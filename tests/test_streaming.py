@@ -195,3 +195,31 @@ def test_checkpoint_bytes_per_rank_do_not_grow_with_ranks_or_realizations(tmp_pa
         sizes[(n, R)] = max(f.stat().st_size for f in files)
     base = sizes[(1, 4)]
     assert sizes[(4, 4)] <= 1.1 * base and sizes[(1, 32)] <= 1.1 * base, sizes
+
+
+def test_merge_disjoint_realizations_without_moments(tmp_path):
+    """Files without /moments (output.moments = 'never') merge over disjoint realizations
+    through their per-realization estimates: equal to one run over all of them; sample
+    ranges still need the moments (a clear refusal)."""
+    from ctwa_hpc import merge
+    never = ["--set", "output.moments='never'", "-q"]
+    parts = []
+    for first in (0, 2):
+        p = tmp_path / f"r{first}.h5"
+        check(run_cli(["run", TINY, "-o", p, "--set", "disorder.realizations=2",
+                       "--set", f"disorder.first={first}"] + never))
+        parts.append(p)
+    whole = tmp_path / "all.h5"
+    check(run_cli(["run", TINY, "-o", whole, "--set", "disorder.realizations=4"] + never))
+    merged = tmp_path / "m.h5"
+    merge.merge([str(p) for p in parts], str(merged))
+    a, b = io.load(whole), io.load(merged)
+    assert "moments" not in b
+    assert max_diff(a, b, ("observables", "realizations")) < 1e-12
+    np.testing.assert_array_equal(b["realization_samples"], a["realization_samples"])
+    np.testing.assert_array_equal(b["realization_index"], np.arange(4))
+    s1 = tmp_path / "s1.h5"
+    check(run_cli(["run", TINY, "-o", s1, "--set", "disorder.realizations=2",
+                   "--set", "method.first_sample=240"] + never))
+    with pytest.raises(merge.MergeError, match="no /moments"):
+        merge.merge([str(parts[0]), str(s1)], str(tmp_path / "x.h5"))
