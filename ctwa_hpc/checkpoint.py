@@ -352,7 +352,7 @@ class Checkpoint:
         lets rank 0 refuse overlapping files (a copied file).  O(P) file operations in all.
         Raises :class:`CheckpointError` on every rank on a bad checkpoint (nothing is used).
         """
-        from .rowstore import RowStore, expand_ranges, overlaps
+        from .rowstate import RowState, expand_ranges, overlaps
         comm = self.comm
         decision = None
         if comm.rank == 0:
@@ -374,7 +374,7 @@ class Checkpoint:
                         summary.append((k, None))
                         continue
                     state = self._load_file(path, old_gen, k, store)
-                    summary.append((k, RowStore.ranges_of_state(state, store.B)))
+                    summary.append((k, RowState.ranges_of_state(state, store.B)))
                     store.adopt(state)
             except (ValueError, RuntimeError, OSError) as exc:
                 local_err = f"checkpoint {self.dir} (rank {comm.rank}): {exc}"
