@@ -148,7 +148,11 @@ class _deadline:
 
     def __enter__(self):
         import faulthandler
-        faulthandler.dump_traceback_later(self.seconds, exit=True, file=sys.stderr)
+        try:
+            fd = sys.stderr.fileno()
+        except (AttributeError, OSError, ValueError):  # a captured stream (pytest, notebook)
+            fd = 2
+        faulthandler.dump_traceback_later(self.seconds, exit=True, file=fd)
 
     def __exit__(self, *exc):
         import faulthandler

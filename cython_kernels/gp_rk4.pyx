@@ -341,6 +341,57 @@ def run_tangent(dict T, const double[:, :, :, ::1] psi_in,
                 precision)
 
 
+# Work spaces of the threads, kept between calls: allocating (and the kernel's first touch of)
+# tens of MB per call is a sizeable part of a short call at large N.  One set is cached; a
+# call that finds it taken (another Python thread) or too short uses its own set.  Taken and
+# given back with the GIL held.
+cdef void** _ws_slots = NULL
+cdef int _ws_n = 0
+cdef bint _ws_busy = False
+WORKSPACE_CACHE = True
+
+
+cdef void** _ws_take(int n) except NULL:
+    global _ws_busy
+    cdef void** s
+    if WORKSPACE_CACHE and _ws_slots != NULL and not _ws_busy and _ws_n >= n:
+        _ws_busy = True
+        return _ws_slots
+    s = <void**>calloc(n, sizeof(void*))
+    if s == NULL:
+        raise MemoryError()
+    return s
+
+
+cdef void _ws_free(void** s, int n) noexcept:
+    cdef int i
+    for i in range(n):
+        free(s[i])
+    free(s)
+
+
+cdef void _ws_give(void** s, int n) noexcept:
+    global _ws_slots, _ws_n, _ws_busy
+    if s == _ws_slots:
+        _ws_busy = False
+    elif WORKSPACE_CACHE and not _ws_busy:
+        if _ws_slots != NULL:
+            _ws_free(_ws_slots, _ws_n)
+        _ws_slots = s
+        _ws_n = n
+    else:
+        _ws_free(s, n)
+
+
+def release_workspace():
+    """Free the work spaces kept between calls (they are reallocated when needed)."""
+    global _ws_slots, _ws_n
+    if _ws_slots != NULL and not _ws_busy:
+        _ws_free(_ws_slots, _ws_n)
+        _ws_slots = NULL
+        _ws_n = 0
+
+
 def super_chunk(Py_ssize_t n_chunks, int nthreads, bint dense):
     """Chunks per super-chunk: 1 on the sparse path; on the dense path as many as keep every
     thread busy, at most ``NB_MAX`` (the reuse of a dense matrix slice grows with it)."""
@@ -435,17 +486,13 @@ def _run(dict T, const double[:, :, :, ::1] psi_in, dpsi_in, const double[::1] w
     P.dm_npan = _pi(dn["npan"]); P.dm_tf = _pi(dn["tf"]); P.dm_first = _pi(dn["first"])
     P.dm_off = _pi(dn["off"]); P.dM = _pr(dM, single)
     P.bad_out = &bo[0]; P.bad_s = &bs[0]; P.status = &stv[0]
-    slots = <void**>calloc(nthreads, sizeof(void*))
-    if slots == NULL:
-        raise MemoryError()
+    slots = _ws_take(nthreads)
     try:
         with nogil:
             for ch in prange(n_super, schedule="dynamic", chunksize=1, num_threads=nthreads):
                 fn(&P, ch, &slots[threadid()])
     finally:
-        for ch in range(nthreads):
-            free(slots[ch])
-        free(slots)
+        _ws_give(slots, nthreads)
     if np.any(status != 0):
         raise MemoryError("gp_rk4: could not allocate the work space of a sample chunk")
     bad = None

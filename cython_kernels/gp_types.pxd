@@ -90,6 +90,15 @@ cdef extern from *:
      * group; the packing of the matrices follows them, so they are the same in all builds */
     #define CTWA_KC 128
     #define CTWA_MC 32
+    /* software prefetch into L2 (``dense_fields``: the next tile of M, ``npf`` lines from
+     * ``pf`` issued one per column step j at the start of a panel; the next slice of E;
+     * ``rk_update_pf``: the next cluster's state) */
+    #define CTWA_PF(p) __builtin_prefetch((const void *)(p), 0, 2)
+    static inline void ctwa_pf_r(const ctwa_real *p) { __builtin_prefetch((const void *)p, 0, 2); }
+    static inline void ctwa_pf_w(const ctwa_real *p) { __builtin_prefetch((const void *)p, 1, 2); }
+    static inline void ctwa_prefetch_lines(const char *p, Py_ssize_t n) {
+        for (Py_ssize_t i = 0; i < n; i++) CTWA_PF(p + i * 64);
+    }
     #if CTWA_NV == 4
     #define CTWA_T_DECL(r) ctwa_vd c##r##0 = {0}, c##r##1 = {0}, c##r##2 = {0}, c##r##3 = {0};
     #define CTWA_T_FMA(r) { ctwa_vd bb = VSPLAT(a[r]); c##r##0 += bb * e0; c##r##1 += bb * e1; \\
@@ -103,9 +112,15 @@ cdef extern from *:
                     e3 = VLOAD(e + 3 * CTWA_VW);
     static inline void ctwa_tile6(const ctwa_real *restrict Mp, const ctwa_real *restrict E,
                                   Py_ssize_t kc, ctwa_real *restrict F, ctwa_real alpha,
-                                  int first) {
+                                  int first, const char *pf, Py_ssize_t npf) {
         CTWA_T_DECL(0) CTWA_T_DECL(1) CTWA_T_DECL(2) CTWA_T_DECL(3) CTWA_T_DECL(4) CTWA_T_DECL(5)
-        for (Py_ssize_t j = 0; j < kc; j++) {
+        Py_ssize_t j = 0, jp = npf < kc ? npf : kc;
+        for (; j < jp; j++) {
+            CTWA_PF(pf + j * 64);
+            CTWA_T_LOADE
+            CTWA_T_FMA(0) CTWA_T_FMA(1) CTWA_T_FMA(2) CTWA_T_FMA(3) CTWA_T_FMA(4) CTWA_T_FMA(5)
+        }
+        for (; j < kc; j++) {
             CTWA_T_LOADE
             CTWA_T_FMA(0) CTWA_T_FMA(1) CTWA_T_FMA(2) CTWA_T_FMA(3) CTWA_T_FMA(4) CTWA_T_FMA(5)
         }
@@ -114,9 +129,15 @@ cdef extern from *:
     }
     static inline void ctwa_tile3(const ctwa_real *restrict Mp, const ctwa_real *restrict E,
                                   Py_ssize_t kc, ctwa_real *restrict F, ctwa_real alpha,
-                                  int first) {
+                                  int first, const char *pf, Py_ssize_t npf) {
         CTWA_T_DECL(0) CTWA_T_DECL(1) CTWA_T_DECL(2)
-        for (Py_ssize_t j = 0; j < kc; j++) {
+        Py_ssize_t j = 0, jp = npf < kc ? npf : kc;
+        for (; j < jp; j++) {
+            CTWA_PF(pf + j * 64);
+            CTWA_T_LOADE
+            CTWA_T_FMA(0) CTWA_T_FMA(1) CTWA_T_FMA(2)
+        }
+        for (; j < kc; j++) {
             CTWA_T_LOADE
             CTWA_T_FMA(0) CTWA_T_FMA(1) CTWA_T_FMA(2)
         }
@@ -124,17 +145,20 @@ cdef extern from *:
         CTWA_T_ST(0) CTWA_T_ST(1) CTWA_T_ST(2)
     }
     static inline void ctwa_dense_tile(const ctwa_real *Mp, const ctwa_real *E, Py_ssize_t kc,
-                                       ctwa_real *F, ctwa_real alpha, int first) {
+                                       ctwa_real *F, ctwa_real alpha, int first,
+                                       const char *pf, Py_ssize_t npf) {
     #if CTWA_NREG >= 32
-        ctwa_tile6(Mp, E, kc, F, alpha, first);
+        ctwa_tile6(Mp, E, kc, F, alpha, first, pf, npf);
     #else
-        ctwa_tile3(Mp, E, kc, F, alpha, first);
-        ctwa_tile3(Mp + 3, E, kc, F + 3 * CTWA_SW, alpha, first);
+        ctwa_tile3(Mp, E, kc, F, alpha, first, pf, npf);
+        ctwa_tile3(Mp + 3, E, kc, F + 3 * CTWA_SW, alpha, first, pf, 0);
     #endif
     }
     #else   /* any other CTWA_NV: one row at a time */
     static inline void ctwa_dense_tile(const ctwa_real *Mp, const ctwa_real *E, Py_ssize_t kc,
-                                       ctwa_real *F, ctwa_real alpha, int first) {
+                                       ctwa_real *F, ctwa_real alpha, int first,
+                                       const char *pf, Py_ssize_t npf) {
+        for (Py_ssize_t i = 0; i < npf; i++) CTWA_PF(pf + i * 64);
         for (int r = 0; r < CTWA_MR; r++) {
             ctwa_vd acc[CTWA_NV];
             for (int v = 0; v < CTWA_NV; v++) acc[v] = VSPLAT(0.0);
@@ -151,6 +175,23 @@ cdef extern from *:
         }
     }
     #endif
+    /* ---- non-finite check: 1 if all n reals are finite (exponent bits not all ones);
+     * vectorizes, unlike isfinite per sample ---- */
+    #include <stdint.h>
+    #if defined(CTWA_SINGLE)
+    typedef uint32_t ctwa_ubits __attribute__((may_alias));
+    #define CTWA_EXPBITS 0x7F800000u
+    #else
+    typedef uint64_t ctwa_ubits __attribute__((may_alias));
+    #define CTWA_EXPBITS 0x7FF0000000000000ull
+    #endif
+    static inline int ctwa_all_finite(const ctwa_real *y, Py_ssize_t n) {
+        const ctwa_ubits *u = (const ctwa_ubits *)y;
+        ctwa_ubits bad = 0;
+        for (Py_ssize_t i = 0; i < n; i++)
+            bad |= (ctwa_ubits)((u[i] & CTWA_EXPBITS) == CTWA_EXPBITS);
+        return bad == 0;
+    }
     """
     ctypedef double real "ctwa_real"
     ctypedef double vd "ctwa_vd"
@@ -159,7 +200,11 @@ cdef extern from *:
     vd VSPLAT(double) noexcept nogil
     real* ctwa_alloc(Py_ssize_t n) noexcept nogil
     void ctwa_dense_tile(const real* Mp, const real* E, Py_ssize_t kc, real* F, real alpha,
-                         int first) noexcept nogil
+                         int first, const char* pf, Py_ssize_t npf) noexcept nogil
+    void ctwa_prefetch_lines(const char* p, Py_ssize_t n) noexcept nogil
+    void ctwa_pf_r(const real* p) noexcept nogil
+    void ctwa_pf_w(const real* p) noexcept nogil
+    int ctwa_all_finite(const real* y, Py_ssize_t n) noexcept nogil
     enum:
         CTWA_VW    # reals per SIMD vector
         CTWA_NV    # vectors per chunk
