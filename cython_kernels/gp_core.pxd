@@ -153,6 +153,53 @@ cdef inline void apply_rows_tan(const RowTab* T, Py_ssize_t a0, Py_ssize_t D, Py
                    CTWA_NV - h)
 
 
+cdef inline void rk_update_pf(int st, Py_ssize_t n, real* yn, real* ys, const real* y0,
+                              const real* src, const real* kb, double dt,
+                              Py_ssize_t npf) noexcept nogil:
+    """``rk_update``, prefetching (into L2) the first ``npf`` reals of the arrays that the same
+    stage reads and writes for the next cluster (they follow this one's ``n`` reals): the
+    dense path's state does not fit in cache, and one cluster's slice of an array is too short
+    for the hardware prefetcher to ramp up; ``npf = 0``: no prefetch (``rk_update``)."""
+    cdef Py_ssize_t i, iv
+    cdef vd k, a
+    cdef vd third = VSPLAT(1.0 / 3.0)
+    cdef vd half = VSPLAT(0.5 * dt)
+    if st == 0:
+        for iv in range(n // CTWA_VW):
+            i = iv * CTWA_VW
+            if i < npf and i % CTWA_RPL == 0:
+                ctwa_pf_r(y0 + n + i)
+                ctwa_pf_w(ys + n + i)
+            VSTORE(ys + i, VLOAD(y0 + i) + half * VLOAD(kb + i))
+    elif st == 1:
+        for iv in range(n // CTWA_VW):
+            i = iv * CTWA_VW
+            if i < npf and i % CTWA_RPL == 0:
+                ctwa_pf_r(y0 + n + i)
+                ctwa_pf_w(ys + n + i)
+                ctwa_pf_w(yn + n + i)
+            k = VLOAD(kb + i)
+            a = VLOAD(y0 + i)
+            VSTORE(yn + i, a + (VLOAD(src + i) - a) * third + VSPLAT(dt / 3.0) * k)
+            VSTORE(ys + i, a + half * k)
+    elif st == 2:
+        for iv in range(n // CTWA_VW):
+            i = iv * CTWA_VW
+            if i < npf and i % CTWA_RPL == 0:
+                ctwa_pf_r(y0 + n + i)
+                ctwa_pf_w(ys + n + i)
+            VSTORE(ys + i, VLOAD(y0 + i) + VSPLAT(dt) * VLOAD(kb + i))
+    else:
+        for iv in range(n // CTWA_VW):
+            i = iv * CTWA_VW
+            if i < npf and i % CTWA_RPL == 0:
+                ctwa_pf_r(y0 + n + i)
+                ctwa_pf_w(ys + n + i)
+                ctwa_pf_w(yn + n + i)
+            VSTORE(yn + i, VLOAD(yn + i) + (VLOAD(src + i) - VLOAD(y0 + i)) * third
+                   + VSPLAT(dt / 6.0) * VLOAD(kb + i))
+
+
 cdef inline void rk_update(int st, Py_ssize_t n, real* yn, real* ys, const real* y0,
                            const real* src, const real* kb, double dt) noexcept nogil:
     """RK4 bookkeeping of stage st (0..3) on n reals of one cluster, k = kb = f(src).
@@ -173,77 +220,7 @@ cdef inline void rk_update(int st, Py_ssize_t n, real* yn, real* ys, const real*
     ~1e-7 per step; here the bias is ~dt·|k|/|y| smaller (measured in
     ``tests/test_kernels_dense.py``).
     """
-    cdef Py_ssize_t i, iv
-    cdef vd k, a
-    cdef vd third = VSPLAT(1.0 / 3.0)
-    cdef vd half = VSPLAT(0.5 * dt)
-    if st == 0:
-        for iv in range(n // CTWA_VW):
-            i = iv * CTWA_VW
-            VSTORE(ys + i, VLOAD(y0 + i) + half * VLOAD(kb + i))
-    elif st == 1:
-        for iv in range(n // CTWA_VW):
-            i = iv * CTWA_VW
-            k = VLOAD(kb + i)
-            a = VLOAD(y0 + i)
-            VSTORE(yn + i, a + (VLOAD(src + i) - a) * third + VSPLAT(dt / 3.0) * k)
-            VSTORE(ys + i, a + half * k)
-    elif st == 2:
-        for iv in range(n // CTWA_VW):
-            i = iv * CTWA_VW
-            VSTORE(ys + i, VLOAD(y0 + i) + VSPLAT(dt) * VLOAD(kb + i))
-    else:
-        for iv in range(n // CTWA_VW):
-            i = iv * CTWA_VW
-            VSTORE(yn + i, VLOAD(yn + i) + (VLOAD(src + i) - VLOAD(y0 + i)) * third
-                   + VSPLAT(dt / 6.0) * VLOAD(kb + i))
-
-
-cdef inline void rk_update_pf(int st, Py_ssize_t n, real* yn, real* ys, const real* y0,
-                              const real* src, const real* kb, double dt,
-                              Py_ssize_t npf) noexcept nogil:
-    """``rk_update``, prefetching (into L2) the first ``npf`` reals of the arrays that the same
-    stage reads and writes for the next cluster (they follow this one's ``n`` reals): the
-    dense path's state does not fit in cache, and one cluster's slice of an array is too short
-    for the hardware prefetcher to ramp up."""
-    cdef Py_ssize_t i, iv
-    cdef vd k, a
-    cdef vd third = VSPLAT(1.0 / 3.0)
-    cdef vd half = VSPLAT(0.5 * dt)
-    if st == 0:
-        for iv in range(n // CTWA_VW):
-            i = iv * CTWA_VW
-            if i < npf and i % CTWA_RPL == 0:
-                ctwa_pf_r(y0 + n + i)
-                ctwa_pf_w(ys + n + i)
-            VSTORE(ys + i, VLOAD(y0 + i) + half * VLOAD(kb + i))
-    elif st == 1:
-        for iv in range(n // CTWA_VW):
-            i = iv * CTWA_VW
-            if i < npf and i % CTWA_RPL == 0:
-                ctwa_pf_r(y0 + n + i)
-                ctwa_pf_w(ys + n + i)
-                ctwa_pf_w(yn + n + i)
-            k = VLOAD(kb + i)
-            a = VLOAD(y0 + i)
-            VSTORE(yn + i, a + (VLOAD(src + i) - a) * third + VSPLAT(dt / 3.0) * k)
-            VSTORE(ys + i, a + half * k)
-    elif st == 2:
-        for iv in range(n // CTWA_VW):
-            i = iv * CTWA_VW
-            if i < npf and i % CTWA_RPL == 0:
-                ctwa_pf_r(y0 + n + i)
-                ctwa_pf_w(ys + n + i)
-            VSTORE(ys + i, VLOAD(y0 + i) + VSPLAT(dt) * VLOAD(kb + i))
-    else:
-        for iv in range(n // CTWA_VW):
-            i = iv * CTWA_VW
-            if i < npf and i % CTWA_RPL == 0:
-                ctwa_pf_r(y0 + n + i)
-                ctwa_pf_w(ys + n + i)
-                ctwa_pf_w(yn + n + i)
-            VSTORE(yn + i, VLOAD(yn + i) + (VLOAD(src + i) - VLOAD(y0 + i)) * third
-                   + VSPLAT(dt / 6.0) * VLOAD(kb + i))
+    rk_update_pf(st, n, yn, ys, y0, src, kb, dt, 0)   # npf = 0 folds the prefetch away
 
 
 # ------------------------------------------------------------------------------------------
