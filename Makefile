@@ -71,13 +71,13 @@ bench: build
 OMP_DIR := build/omp
 bench-threads: build
 	rm -rf $(OMP_DIR) && mkdir -p $(OMP_DIR)
-	cp -r ctwa_hpc $(OMP_DIR)/ && rm -f $(OMP_DIR)/ctwa_hpc/_kernels/*.so
+	cp -r ctwa_hpc $(OMP_DIR)/ && rm -f $(OMP_DIR)/ctwa_hpc/method/_kernels/*.so
 	CTWA_ARCH=$(ARCH) CTWA_OPENMP=1 $(PY) setup.py -q build_ext --build-lib $(OMP_DIR) --build-temp $(OMP_DIR)-tmp
 	cd $(OMP_DIR) && $(abspath $(PY)) -m ctwa_hpc bench --case heis64_c4 --threads 1,$(NP) \
 	  --json $(CURDIR)/bench-threads.json
 
 bench-mpi: build
-	$(PY) -m ctwa_hpc.bench_mpi
+	$(PY) -m ctwa_hpc.bench.mpi
 
 figures: build
 	@if command -v mpirun >/dev/null 2>&1 && $(PY) -c 'import mpi4py' 2>/dev/null; then \

@@ -30,7 +30,7 @@ def extensions():
     exts = []
     for pyx in sorted(glob.glob("cython_kernels/*.pyx")):
         name = os.path.splitext(os.path.basename(pyx))[0]
-        exts.append(Extension(f"ctwa_hpc._kernels.{name}", [pyx],
+        exts.append(Extension(f"ctwa_hpc.method._kernels.{name}", [pyx],
                               include_dirs=[numpy.get_include()],
                               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                               extra_compile_args=args, extra_link_args=link))

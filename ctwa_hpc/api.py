@@ -7,8 +7,8 @@
 ``config`` is a TOML path or a dict with the sections of a run file (README, "Run files");
 ``overrides`` a dict ``{"section.key": value}`` (dotted paths reach into tables:
 ``{"model.params.omega": 3.0}``).  Where a run file names a file, a Python object is accepted:
-``model.file`` may be a :class:`~ctwa_hpc.hamiltonian.Hamiltonian` (or a list of them, one per
-disorder realization), ``model.positions_file`` a :class:`~ctwa_hpc.geometry.Geometry` or an
+``model.file`` may be a :class:`~ctwa_hpc.model.hamiltonian.Hamiltonian` (or a list of them, one per
+disorder realization), ``model.positions_file`` a :class:`~ctwa_hpc.model.geometry.Geometry` or an
 (N, d) array of positions.  The config is validated exactly as on the command line (unknown keys
 are errors naming the field) and stored with the result.
 
@@ -27,6 +27,9 @@ import sys
 import numpy as np
 
 from . import config as config_mod
+from .driver.session import RunError, Session
+from .model import builder
+from .tools import parallel
 
 log = logging.getLogger("ctwa_hpc")
 
@@ -106,8 +109,7 @@ class Result:
 
     def to_xarray(self):
         """An xarray.Dataset with ``<name>_mean`` / ``<name>_stderr`` and time coordinates."""
-        from . import io
-        return io.result_to_xarray(self._r)
+        return self._r.to_xarray()
 
     @property
     def run_result(self):
@@ -121,17 +123,16 @@ class Result:
 
 def _objects_to_refs(raw):
     """Replace Python objects where a file is named by registered references."""
-    from . import modelspec
     model = raw.get("model")
     if isinstance(model, dict):
         for key in ("file", "positions_file"):
             v = model.get(key)
             if v is not None and not isinstance(v, (str, os.PathLike)):
-                model[key] = modelspec.register_object(v)
+                model[key] = builder.register_object(v)
             elif isinstance(v, os.PathLike):
                 model[key] = os.fspath(v)
         if isinstance(model.get("positions_file"), str) and \
-                model["positions_file"].startswith(modelspec.OBJECT_PREFIX):
+                model["positions_file"].startswith(builder.OBJECT_PREFIX):
             model.setdefault("positions", "file")
     return raw
 
@@ -172,36 +173,48 @@ def _ensure_handler(quiet):
 
 
 def run(config, overrides=None, *, output=None, force=False, comm=None, quiet=False,
-        backend=None, progress=True):
+        backend=None, progress=True, ignore_limits=False):
     """Run a CTWA (or exact, ``method.kind = "exact"``) simulation; returns a :class:`Result`.
 
     ``output``: also write the HDF5 file there (``force`` to overwrite).  ``comm``: an MPI
-    communicator wrapper from :func:`ctwa_hpc.parallel.get_comm` (default: MPI when launched
-    under mpirun, else serial).  ``quiet``: no progress output.  ``progress``: on one process,
-    a live progress bar on stderr (one carriage-return-updated line, rendered in place by
-    terminals and notebooks) instead of periodic progress lines.
+    communicator wrapper from :func:`ctwa_hpc.tools.parallel.get_comm` (default: MPI when
+    launched under mpirun, else serial).  ``quiet``: no progress output.  ``progress``: on one
+    process, a live progress bar on stderr (one carriage-return-updated line, rendered in place
+    by terminals and notebooks) instead of periodic progress lines.  ``ignore_limits``: start
+    even when the pre-flight estimate refuses the run (as ``ctwa-hpc run --ignore-limits``).
+
+    The stages are those of ``ctwa-hpc run`` (:class:`~ctwa_hpc.driver.session.Session`): the
+    same guards and pre-flight estimate refuse the same runs before any work (an existing
+    ``output`` without ``force``, an output equal to an input, a run over the memory limit),
+    with the same messages.  On one process the original exception is raised
+    (``ConfigError``, ``FileExistsError``, ...).  No checkpoint is kept: Ctrl-C stops the run
+    at the end of the current work block and raises ``KeyboardInterrupt``.
     """
-    from . import parallel
-    from .runner import Simulation
-    cfg = resolve(config, overrides)
-    if output is not None:
-        cfg["output"]["path"] = os.fspath(output)
     if comm is None:   # MPI only when launched by mpirun/srun: a singleton MPI_Init in a
         # notebook would start Open MPI's runtime and take over SIGINT (Ctrl-C)
         comm = parallel.get_comm() if parallel.launched_under_mpi() else parallel.SerialComm()
+
+    def resolve_config():
+        cfg = resolve(config, overrides)
+        if output is not None:
+            cfg["output"]["path"] = os.fspath(output)
+        return cfg
+
+    bar = sys.stderr if progress and not quiet and comm.size == 1 else None
+    sess = Session(resolve_config, comm,
+                   config_path=os.fspath(config) if isinstance(config, (str, os.PathLike))
+                   else None, write=output is not None, force=force, backend=backend,
+                   quiet=quiet, ignore_limits=ignore_limits, use_checkpoint=False,
+                   progress_bar=bar)
     handler = _ensure_handler(quiet or comm.rank != 0)
     try:
-        sim = Simulation(cfg, comm, backend=backend, quiet=quiet)
-        if progress and not quiet and comm.size == 1:
-            sim.progress_bar = sys.stderr
-        res = sim.run()
-        path = None
-        if output is not None:
-            from . import io
-            io.write_output(cfg["output"]["path"], res, comm, rows=sim.rows, force=force)
-            path = cfg["output"]["path"]
+        res = sess.run()
+    except RunError as err:
+        if err.cause is not None:
+            raise err.cause from None
+        raise
     finally:
         if handler is not None:
             log.removeHandler(handler)
             log.propagate = True
-    return Result(res, path) if res is not None else None
+    return Result(res, sess.path if output is not None else None) if res is not None else None

@@ -40,19 +40,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 
 import numpy as np
 
+from . import config
+from .bench import throughput as bench
+from .driver import checkpoint, merge, preflight
+from .driver.session import RunError, Session, report
+from .extras import checkdt, figures, plotting
+from .output import hdf5
+from .tools import parallel
+from .tools.log import setup_logging
+
 log = logging.getLogger("ctwa_hpc")
-
-
-def setup_logging(comm, quiet):
-    fmt = f"%(asctime)s ctwa-hpc {comm.rank}/{comm.size} %(levelname)s :: %(message)s"
-    level = logging.WARNING if (quiet or comm.rank != 0) else logging.INFO
-    logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", stream=sys.stderr,
-                        force=True)
 
 
 def _common(p):
@@ -77,14 +78,9 @@ def build_parser():
     p = sub.add_parser("exact", help="exact dynamics for the same config (N <= 20)")
     _common(p)
     p = sub.add_parser("bench", help="kernel benchmark (sample-steps/s, GFLOP/s vs dgemm)")
-    try:
-        from . import bench
-        bench.add_arguments(p)
-    except ImportError:  # pragma: no cover
-        pass
+    bench.add_arguments(p)
     p = sub.add_parser("estimate", help="pre-flight estimate: memory per rank, output and "
                        "checkpoint size, run time (nothing is run)")
-    from . import preflight
     preflight.add_arguments(p)
     p = sub.add_parser("info", help="layout, config and provenance of an output file")
     p.add_argument("path")
@@ -119,14 +115,11 @@ def build_parser():
 
 def plot_command(args):
     if args.file:
-        from . import plotting
         return plotting.plot_command(args)
-    from . import figures
     names = list(figures.FIGURES) if args.all else args.figures
     if not names:
         print("ctwa-hpc: error: name figures or use --all", file=sys.stderr)
         return 2
-    from . import parallel
     comm = parallel.get_comm()
     setup_logging(comm, True)
     try:
@@ -140,23 +133,17 @@ def plot_command(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.command == "bench":
-        from . import bench
         return bench.main(args) or 0
     if args.command == "estimate":
-        from . import preflight
         return preflight.estimate_command(args)
     if args.command == "info":
-        from . import io
-        return io.info_command(args, print_summary)
+        return hdf5.info_command(args, print_summary)
     if args.command == "merge":
-        from . import merge
         return merge.merge_command(args)
     if args.command == "check-dt":
-        from . import checkdt
         return checkdt.check_dt_command(args)
     if args.command == "plot":
         return plot_command(args)
-    from . import parallel
     comm = parallel.get_comm()
     code = run_command(args, comm)
     if _HARD_EXIT is not None:
@@ -172,124 +159,22 @@ def main(argv=None):
     return code
 
 
-def _decide(cfg, sim, args, comm):
-    """Rank 0's verdict before any work: (error message or None, 'run' | 'complete')."""
-    from . import checkpoint, io
-    if comm.rank != 0:
-        return None
-    path = cfg["output"]["path"]
-    try:
-        if (getattr(args, "resume", False) and sim.method != "exact" and os.path.exists(path)
-                and not args.force):
-            if io.stored_config_hash(path) == checkpoint.config_hash(
-                    cfg, getattr(getattr(sim, "models", None), "content_hash", None)):
-                # finished earlier (a checkpoint left by a kill after the write is stale)
-                shutil.rmtree(checkpoint.directory_for(path), ignore_errors=True)
-                return None, "complete"
-            return (f"output.path: {path} exists (another configuration); use --force to "
-                    "overwrite it"), "run"
-        io.check_writable(path, args.force)
-    except (FileExistsError, FileNotFoundError) as exc:
-        return str(exc), "run"
-    return None, "run"
-
-
-# -- run / exact: stages ------------------------------------------------------------------------
-# 1. setup on every rank without any collective; failures are gathered (allgather) so that a
-#    rank-local error (config not visible on one node, kernel not loadable) stops every rank
-#    with exit 2 and rank 0 prints the failing rank's message;
-# 2. rank 0 takes the output lock, removes stale temporaries and decides; broadcast;
-# 3. the work (collective inside the runner): an error on one rank cannot be agreed on, so
-#    that rank prints its message, marks the checkpoint failed and calls MPI_Abort(code);
-# 4. final checkpoint save, free-space check (rank 0, broadcast), the write.
-def _message(exc):
-    return str(exc) or type(exc).__name__
-
-
-def _setup(args, comm):
-    """(cfg, sim, moment bytes, error message, exit code) of this rank; never raises."""
-    from . import config, guards
-    from .runner import Simulation
+def _load_config(args):
+    """The resolved config of ``run``/``exact``: the file, ``--set``, ``-o`` (never re-parsed)."""
     overrides = list(args.set)
     if args.command == "exact":
         overrides.append('method.kind="exact"')
-    cfg = sim = None
-    try:
-        cfg = config.load(args.config, overrides)
-        if args.output is not None:  # the path as given: never re-parsed as TOML
-            cfg["output"]["path"] = args.output
-        guards.check_output_path(cfg["output"]["path"], args.config)
-        guards.check_time_grid(cfg)
-        sim = Simulation(cfg, comm, backend=getattr(args, "backend", None), quiet=args.quiet)
-        guards.check_simulation(sim)  # model/observable errors with their field
-        mbytes = 0
-        if sim.method != "exact":
-            sim.backend_used()  # method.backend = "cython" without a build fails here
-            from . import preflight  # estimate and refusal before any O(work) step
-            est = preflight.gate(sim, comm, ignore=getattr(args, "ignore_limits", False))
-            # disk: the output plus two checkpoint generations (the switch keeps the old one)
-            mbytes = est["output"] + 2 * est["checkpoint_per_save"]
-    except (ValueError, ArithmeticError, FileExistsError, RuntimeError, ImportError,
-            OSError) as exc:
-        return cfg, sim, 0, _message(exc), 2
-    except Exception as exc:  # a bug: keep the traceback, but do not hang the other ranks
-        import traceback
-        traceback.print_exc()
-        return cfg, sim, 0, f"unexpected {type(exc).__name__}: {_message(exc)}", 1
-    return cfg, sim, mbytes, None, 0
-
-
-def _report_setup_failures(comm, gathered):
-    """Print (rank 0) the distinct setup errors; returns the exit code (0: none)."""
-    bad = [(k, e, c) for k, (e, c) in enumerate(gathered) if e]
-    if not bad:
-        return 0
-    if comm.rank == 0:
-        shown = set()
-        for k, e, _ in bad:
-            if e in shown:
-                continue
-            shown.add(e)
-            where = "" if len(bad) == len(gathered) else f" (rank {k})"
-            print(f"ctwa-hpc: error{where}: {e}", file=sys.stderr)
-    return max(c for _, _, c in bad)
-
-
-_HARD_EXIT = None
-
-
-def _die(comm, exc, ck, path, lock, writing=False):
-    """An error during the work or the write: message, checkpoint marked, abort all ranks."""
-    global _HARD_EXIT
-    from . import guards, parallel
-    if writing:  # keep the failed h5py objects alive until os._exit (see main)
-        _HARD_EXIT = exc
-    code = 2 if isinstance(exc, (ValueError, ArithmeticError)) and not writing else 1
-    if code == 1 and not isinstance(exc, (OSError, RuntimeError) if writing else OSError):
-        import traceback
-        traceback.print_exc()
-    where = f" (rank {comm.rank})" if comm.size > 1 else ""
-    print(f"ctwa-hpc: error{where}: {_message(exc)}", file=sys.stderr)
-    if ck is not None:
-        if comm.size == 1 and not ck.items_saved and ck.generation == 0:
-            ck.remove()  # nothing finished: leave no state behind
-        else:
-            ck.mark_failed(_message(exc))
-            print(f"ctwa-hpc: the checkpoint {ck.dir} keeps the finished work blocks: after "
-                  "fixing the cause, run the same command with --resume (a changed "
-                  "configuration starts from the beginning)", file=sys.stderr)
-    if comm.rank == 0:
-        guards.remove_output_temporaries(path)
-        if lock is not None:
-            lock.release()
-    parallel.abort(comm, code)  # other ranks may be waiting inside a collective
-    return code
+    cfg = config.load(args.config, overrides)
+    if args.output is not None:  # the path as given: never re-parsed as TOML
+        cfg["output"]["path"] = args.output
+    return cfg
 
 
 def run_command(args, comm=None):
-    """``run`` and ``exact``: returns the exit code (the same on every rank), or aborts the
-    MPI job with the failing rank's code when an error cannot be agreed on."""
-    from . import checkpoint, parallel
+    """``run`` and ``exact``: the stages of :class:`~ctwa_hpc.driver.session.Session`; returns
+    the exit code (the same on every rank), or aborts the MPI job with the failing rank's code
+    when an error cannot be agreed on."""
+    global _HARD_EXIT
     comm = comm if comm is not None else parallel.get_comm()
     setup_logging(comm, args.quiet)
     if comm.size > 1 and comm.rank == 0 and "OMP_NUM_THREADS" not in os.environ:
@@ -297,110 +182,24 @@ def run_command(args, comm=None):
     # stop signals are caught from the start until the output is written: a stop during the
     # setup ends the run at its first block boundary (exit 3), a late one is ignored
     flag = checkpoint.StopFlag().install()
+    sess = Session(lambda: _load_config(args), comm, config_path=args.config,
+                   force=args.force, resume=getattr(args, "resume", False),
+                   backend=getattr(args, "backend", None), quiet=args.quiet,
+                   ignore_limits=getattr(args, "ignore_limits", False), stop_flag=flag,
+                   summary=print_summary)
     try:
-        return _run(args, comm, flag)
+        sess.run()
+    except RunError as err:
+        report(err.lines, comm)
+        return err.code
     finally:
         flag.restore()
-
-
-def _run(args, comm, flag):
-    from . import checkpoint, guards
-    from . import parallel
-    cfg, sim, mbytes, err, code = _setup(args, comm)
-    gathered = parallel.agree(comm, (err, code))
-    code = _report_setup_failures(comm, gathered)
-    if code:
-        return code
-    exact_run = sim.method == "exact"
-    if exact_run:
-        flag.restore()  # no checkpoint: stop signals keep their default action
-        stopped = comm.allreduce(int(flag.reason is not None)) if comm.size > 1 \
-            else int(flag.reason is not None)
-        if stopped:
-            if comm.rank == 0:
-                log.warning("stop requested before the exact run started: nothing done")
-            return checkpoint.EXIT_INTERRUPTED
-    path = cfg["output"]["path"]
-    lock, decision = None, None
-    if comm.rank == 0:
-        try:
-            lock = guards.OutputLock(path).acquire()
-            guards.remove_output_temporaries(path)
-            decision = _decide(cfg, sim, args, comm)
-            if decision[0] is None and decision[1] == "run" and not exact_run:
-                guards.check_free_space(path, mbytes, "this run (output and checkpoint)")
-        except (ValueError, OSError) as exc:
-            decision = (_message(exc), "run")
-    err, action = comm.bcast(decision, root=0)
-    try:
-        if err:
-            if comm.rank == 0:
-                print(f"ctwa-hpc: error: {err}", file=sys.stderr)
-            return 2
-        if action == "complete":
-            log.info("nothing to resume: %s is complete for this configuration (--force "
-                     "recomputes)", path)
-            return 0
-        return _work(args, comm, flag, cfg, sim, path, lock)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _work(args, comm, flag, cfg, sim, path, lock):
-    from . import checkpoint, guards, io
-    log.info("%s; method %s, %d realization(s), %d sample(s), %d rank(s)",
-             sim.build_model(0).summary(), cfg["method"]["kind"],
-             cfg["disorder"]["realizations"], sim.samples, comm.size)
-    ck = None
-    if sim.method != "exact":
-        ck = checkpoint.Checkpoint(
-            checkpoint.directory_for(path), comm, cfg, len(sim.plan_work()),
-            cfg["output"]["checkpoint_every_s"],
-            content_hash=getattr(getattr(sim, "models", None), "content_hash", None))
-    try:
-        result = sim.run(checkpoint=ck, resume=getattr(args, "resume", False),
-                         force=args.force, stop_flag=flag if ck is not None else None)
-    except checkpoint.CheckpointError as exc:  # raised on every rank alike
-        if comm.rank == 0:
-            print(f"ctwa-hpc: error: {exc}", file=sys.stderr)
-        return 2
-    except checkpoint.Interrupted as exc:
-        if comm.rank == 0:
-            log.warning("%s; resume with: %s", exc, checkpoint.resume_hint())
-        return checkpoint.EXIT_INTERRUPTED
-    except Exception as exc:
-        return _die(comm, exc, ck, path, lock)
-    try:
-        # (sim.run saved every finished block in the checkpoint: a failed write loses nothing)
-        from . import parallel
-        row_bytes = parallel.allreduce_sum(
-            comm, np.array([float(sim.rows.nbytes if sim.rows is not None else 0)]))[0]
-        verdict = None
-        if comm.rank == 0:
-            try:
-                guards.check_free_space(path, guards.result_bytes(result) + int(row_bytes),
-                                        "the output file")
-            except ValueError as exc:
-                verdict = _message(exc)
-        verdict = comm.bcast(verdict, root=0)
-        if verdict:
-            raise OSError(verdict + (f"; the checkpoint {ck.dir} is kept: free space and run "
-                                     "the same command with --resume" if ck else ""))
-        io.write_output(path, result, comm, rows=sim.rows, force=args.force)
-    except Exception as exc:
-        return _die(comm, exc, ck, path, lock, writing=True)
-    if ck is not None:
-        ck.remove()
-    if flag.reason and not flag.acted:
-        log.warning("%s arrived after the last work block: ignored", flag.reason)
-    if comm.rank == 0:
-        log.info("wrote %s", path)
-        try:
-            print_summary(io.load(path))
-        except Exception as exc:  # the file is written; a summary problem is not fatal
-            log.warning("cannot summarize %s: %s", path, exc)
+        _HARD_EXIT = sess.hard_exit
     return 0
+
+
+_HARD_EXIT = None   # a failed HDF5 write: main leaves with os._exit (see there)
+
 
 
 def _zline(dev, se, what):

@@ -22,8 +22,17 @@ Sections and keys (README.md documents each one; ``SCHEMA`` below is the source 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
+import os
 import tomllib
+
+import numpy as np
+
+from .model import builder
+from .model.models import MODEL_PARAMS
+from .tools.exceptions import ConfigError
 
 REQUIRED = object()
 METHODS = ("sb", "operator", "reduced", "meanfield", "exact")
@@ -150,10 +159,6 @@ _MODEL_KEYS = {"tfim": {"J", "hx", "hz"}, "ising_chaotic": {"J", "hx", "hz"},
 _MODEL_DEFAULTED = {"spacing", "positions", "interaction", "coupling_f"}
 
 
-class ConfigError(ValueError):
-    """A bad run file; the message names the field."""
-
-
 def _check_type(where, value, typ):
     if typ is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -219,48 +224,47 @@ def _positive(cfg, sec, key, strict=True):
         raise ConfigError(f"{sec}.{key}: must be {'> 0' if strict else '>= 0'}, got {v}")
 
 
+def _one_of(cfg, sec, key, known, expected):
+    v = cfg[sec][key]
+    if v not in known:
+        raise ConfigError(f"{sec}.{key}: expected {expected}, got {v!r}")
+
+
 def _semantic_checks(cfg):
-    m, meth, t = cfg["model"], cfg["method"], cfg["time"]
-    from .models import MODEL_PARAMS
+    """Checks across the keys of a typed config, in this order (the first failure is raised):
+    ``[model]`` and ``[disorder]``, resolving the model (n_sites, realizations), then
+    :func:`_check_method` and :func:`_check_time_and_outputs`."""
+    m, d = cfg["model"], cfg["disorder"]
     if m["kind"] not in MODEL_PARAMS:
         raise ConfigError(f"model.kind: unknown model {m['kind']!r} (known: {sorted(MODEL_PARAMS)})")
-    specific = set().union(*_MODEL_KEYS.values())
-    for k in sorted(specific):
+    for k in sorted(set().union(*_MODEL_KEYS.values())):
         given = m[k] is not None and not (k in _MODEL_DEFAULTED and m[k] == SCHEMA["model"][k][1])
         if given and k not in _MODEL_KEYS[m["kind"]]:
             raise ConfigError(f"model.{k}: not a parameter of model {m['kind']!r}")
     if m["kind"] == "custom" and not m["terms"]:
         raise ConfigError("model.terms: a custom model needs a non-empty list of terms")
-    if m["kind"] in ("couplings", "lattice"):
-        if m["kind"] == "couplings" and not m["file"]:
-            raise ConfigError("model.file: a couplings model needs a .npz or .h5 file")
-    elif m["n_sites"] is None:
+    if m["kind"] == "couplings" and not m["file"]:
+        raise ConfigError("model.file: a couplings model needs a .npz or .h5 file")
+    if m["kind"] not in ("couplings", "lattice") and m["n_sites"] is None:
         raise ConfigError("model.n_sites: required")
-    if m["boundary"] is not None and m["boundary"] not in ("open", "periodic"):
-        raise ConfigError(f"model.boundary: expected 'open' or 'periodic', got {m['boundary']!r}")
-    d = cfg["disorder"]
-    if d["first"] < 0:
-        raise ConfigError(f"disorder.first: must be >= 0, got {d['first']}")
+    _one_of(cfg, "model", "boundary", (None, "open", "periodic"), "'open' or 'periodic'")
+    _positive(cfg, "disorder", "first", strict=False)
     if d["realizations"] is not None:
         _positive(cfg, "disorder", "realizations")
-    from . import modelspec
-    modelspec.resolve_model(cfg)      # derives n_sites, realizations; checks randomness
+    builder.resolve_model(cfg)      # derives n_sites, realizations; checks randomness
     _positive(cfg, "model", "n_sites")
-    if meth["first_sample"] < 0:
-        raise ConfigError(f"method.first_sample: must be >= 0, got {meth['first_sample']}")
-    if meth["seed"] < 0:
-        raise ConfigError(f"method.seed: must be >= 0, got {meth['seed']}")
-    if d["seed"] < 0:
-        raise ConfigError(f"disorder.seed: must be >= 0, got {d['seed']}")
-    if cfg["output"]["moments"] not in ("auto", "always", "never"):
-        raise ConfigError(f"output.moments: expected 'auto', 'always' or 'never', got "
-                          f"{cfg['output']['moments']!r}")
-    if meth["precision"] not in ("double", "single"):
-        raise ConfigError(f"method.precision: expected 'double' or 'single', got "
-                          f"{meth['precision']!r}")
-    if meth["clustering"] not in CLUSTERINGS:
-        raise ConfigError(f"method.clustering: expected one of {list(CLUSTERINGS)}, got "
-                          f"{meth['clustering']!r}")
+    _check_method(cfg)
+    _check_time_and_outputs(cfg)
+
+
+def _check_method(cfg):
+    """``[method]`` (with the seeds and ``output.moments``): options, sizes, offsets."""
+    meth = cfg["method"]
+    for sec, key in (("method", "first_sample"), ("method", "seed"), ("disorder", "seed")):
+        _positive(cfg, sec, key, strict=False)
+    _one_of(cfg, "output", "moments", ("auto", "always", "never"), "'auto', 'always' or 'never'")
+    _one_of(cfg, "method", "precision", ("double", "single"), "'double' or 'single'")
+    _one_of(cfg, "method", "clustering", CLUSTERINGS, f"one of {list(CLUSTERINGS)}")
     if meth["clusters"] is not None and meth["clustering"] != "blocks":
         raise ConfigError("method.clustering: cannot be combined with explicit method.clusters")
     if (meth["plaquette"] is not None) != (meth["clustering"] == "plaquettes"):
@@ -268,14 +272,11 @@ def _semantic_checks(cfg):
                           "'plaquettes'")
     if meth["kind"] not in METHODS:
         raise ConfigError(f"method.kind: unknown method {meth['kind']!r} (known: {list(METHODS)})")
-    if meth["sampling"] not in ("gaussian", "discrete"):
-        raise ConfigError(f"method.sampling: expected 'gaussian' or 'discrete', got "
-                          f"{meth['sampling']!r}")
+    _one_of(cfg, "method", "sampling", ("gaussian", "discrete"), "'gaussian' or 'discrete'")
     if meth["sampling"] == "discrete" and meth["kind"] not in ("operator", "reduced", "exact"):
         raise ConfigError("method.sampling: 'discrete' applies to method.kind 'operator' or "
                           "'reduced' only")
-    if meth["backend"] not in BACKENDS:
-        raise ConfigError(f"method.backend: expected one of {list(BACKENDS)}, got {meth['backend']!r}")
+    _one_of(cfg, "method", "backend", BACKENDS, f"one of {list(BACKENDS)}")
     for key in ("samples", "batch", "cluster_size"):
         if meth[key] < 1:
             raise ConfigError(f"method.{key}: must be >= 1, got {meth[key]}")
@@ -284,9 +285,9 @@ def _semantic_checks(cfg):
     if meth["antithetic"] and meth["first_sample"] % 2:
         raise ConfigError("method.first_sample: must be even with method.antithetic = true "
                           "(antithetic pairs are (2k, 2k+1))")
-    if meth["cluster_size"] > m["n_sites"]:
+    if meth["cluster_size"] > cfg["model"]["n_sites"]:
         raise ConfigError(f"method.cluster_size: {meth['cluster_size']} exceeds model.n_sites "
-                          f"= {m['n_sites']}")
+                          f"= {cfg['model']['n_sites']}")
     offs = meth["offsets"]
     if not offs or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs):
         raise ConfigError(f"method.offsets: expected a non-empty list of integers, got {offs!r}")
@@ -297,6 +298,11 @@ def _semantic_checks(cfg):
                           f"{meth['clustering']!r}")
     if meth["clusters"] is not None and offs != [0]:
         raise ConfigError("method.offsets: cannot be combined with an explicit method.clusters")
+
+
+def _check_time_and_outputs(cfg):
+    """``[time]`` (``output_dt`` defaults to ``dt``), ``[observables]``, ``[output]``."""
+    t, obs = cfg["time"], cfg["observables"]
     _positive(cfg, "time", "dt")
     _positive(cfg, "time", "t_max", strict=False)
     if t["output_dt"] is None:
@@ -309,26 +315,23 @@ def _semantic_checks(cfg):
     if abs(n_out - round(n_out)) > 1e-9 * max(1.0, n_out):
         raise ConfigError(f"time.t_max: {t['t_max']} is not a multiple of time.output_dt = "
                           f"{t['output_dt']}")
-    if not cfg["observables"]["names"] and not cfg["observables"]["custom"]:
+    if not obs["names"] and not obs["custom"]:
         raise ConfigError("observables.names: no observable requested")
-    for k, n in enumerate(cfg["observables"]["names"]):
+    for k, n in enumerate(obs["names"]):
         if not isinstance(n, str):
             raise ConfigError(f"observables.names[{k}]: expected a string, got {n!r}")
-    if cfg["observables"]["kick"] is not None and meth["kind"] == "operator":
+    if obs["kick"] is not None and cfg["method"]["kind"] == "operator":
         raise ConfigError("observables.kick: two-time correlators need the tangent equations of "
                           "the vector form; use method.kind = 'reduced' (the same trajectories "
                           "as 'operator')")
-    o = cfg["output"]
-    _positive(cfg, "output", "checkpoint_every_s")
-    _positive(cfg, "output", "progress_every_s")
-    _positive(cfg, "output", "exact_draws")
-    if not o["path"]:
+    for key in ("checkpoint_every_s", "progress_every_s", "exact_draws"):
+        _positive(cfg, "output", key)
+    if not cfg["output"]["path"]:
         raise ConfigError("output.path: must not be empty")
 
 
 def time_grid(cfg):
     """(dt, n_steps, out_every, output times)."""
-    import numpy as np
     t = cfg["time"]
     out_every = int(round(t["output_dt"] / t["dt"]))
     n_out = int(round(t["t_max"] / t["output_dt"]))
@@ -372,7 +375,6 @@ def apply_overrides(raw, overrides):
 
 def read_toml(path):
     """A run file as a raw dict; relative data-file paths are taken relative to the file."""
-    import os
     if os.path.isdir(path):
         raise ConfigError(f"config: {path!r} is a directory, not a TOML file")
     try:
@@ -428,3 +430,20 @@ def dumps(cfg):
                 lines.append(f"{k} = {_toml_value(v)}")
         lines.append("")
     return "\n".join(lines)
+
+
+# sections (None: whole section) and keys that do not change the sampled numbers
+_HASH_NEUTRAL = {"output": None, "stop": None, "method": ("backend",)}
+def config_hash(cfg, extra=None):
+    """SHA-256 of the parts of a resolved config that determine the sampled numbers.
+
+    ``extra``: a string folded in as well (e.g. the content hash of a couplings file)."""
+    keep = {}
+    for sec, keys in cfg.items():
+        if sec in _HASH_NEUTRAL and _HASH_NEUTRAL[sec] is None:
+            continue
+        drop = _HASH_NEUTRAL.get(sec) or ()
+        keep[sec] = {k: v for k, v in keys.items() if k not in drop}
+    if extra:
+        keep["__content__"] = str(extra)
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()

@@ -2,10 +2,10 @@
 # cython: initializedcheck=False, nonecheck=False
 r"""Batched fixed-step RK4 for the R-vector Gross–Pitaevskii equations (19)/(61), ``nogil``.
 
-The compiled twin of :func:`ctwa_hpc.dynamics.rk4` with
-:class:`ctwa_hpc.dynamics.NumpyPropagator`.  Call it through :func:`ctwa_hpc.kernels.integrate`,
-which builds the tables below from a :class:`~ctwa_hpc.clusters.ClusterProblem` and an
-:class:`~ctwa_hpc.observables.ObservablePlan` (``kernels.compile_tables``).
+The compiled twin of :func:`ctwa_hpc.method.dynamics.rk4` with
+:class:`ctwa_hpc.method.dynamics.NumpyPropagator`.  Call it through :func:`ctwa_hpc.method.kernels.integrate`,
+which builds the tables below from a :class:`~ctwa_hpc.method.clusters.ClusterProblem` and an
+:class:`~ctwa_hpc.method.observables.ObservablePlan` (``kernels.compile_tables``).
 
 Data layout
 -----------
@@ -31,7 +31,7 @@ registers from the mean fields ``field_o = Σ_k J_k f_k(t) E_partner(k)``.  A cl
 O(D × distinct masks) per stage, and the accumulator of row b never leaves the registers.
 
 Mean fields: per coupling (sparse programs), or — for the dense coupling blocks chosen by
-:func:`ctwa_hpc.kernels.compile_tables` — as matrix products F = Σ_g f_g(t) M_g E computed at
+:func:`ctwa_hpc.method.kernels.compile_tables` — as matrix products F = Σ_g f_g(t) M_g E computed at
 the start of every stage for a *super-chunk* of up to ``NB_MAX`` chunks (``dense_fields`` in
 ``gp_core.pxd``: a register-tiled, cache-blocked product on the kernel's own arrays, samples
 innermost; M packed once by the wrapper in the order of use).  The F rows follow the Weyl
@@ -47,7 +47,7 @@ Each stage is one sweep over the clusters: apply the row programs of cluster c t
 state (fields from the Weyl symbols of the previous sweep), update the RK4 accumulators of c,
 and compute the Weyl symbols of c's coupling operators for the *next* stage while c is still
 in L1 cache.  Stage times are t, t+dt/2, t+dt/2, t+dt (classic RK4, as
-:func:`ctwa_hpc.dynamics.rk4`); the final combination is regrouped as
+:func:`ctwa_hpc.method.dynamics.rk4`); the final combination is regrouped as
 y0 + (ys_1 − y0)/3 + dt/3 k2 + (ys_3 − y0)/3 + dt/6 k4 (ys_i: stage states), which is the
 same in exact arithmetic, makes 13 instead of 16 passes over the state and scales only small
 increments by the rounded 1/3 (see ``rk_update`` in ``gp_core.pxd``).
@@ -68,7 +68,7 @@ one); the variant modules are imported only on CPUs that support them.  With
 Tangent
 -------
 :func:`run_tangent` integrates the pair (ψ, δψ) for linear response (paper eqs. (12),
-(22)–(23); the compiled twin of :class:`ctwa_hpc.dynamics.TangentPropagator`): the tangent
+(22)–(23); the compiled twin of :class:`ctwa_hpc.method.dynamics.TangentPropagator`): the tangent
 obeys the linearized equations i ∂_t δψ = H_eff δψ + Σ_o δfield_o O_o ψ with
 δ(O)_W = Σ_r w_r 2 Re ψ_r† O δψ_r and δfield = F(t)·δE (the couplings of the field).  Every
 RK4 stage evaluates both right-hand sides at the same stage state in one pass over the row
@@ -121,6 +121,8 @@ ctypedef void (*chunk_fn)(Plan*, Py_ssize_t, void**) noexcept nogil
 ISA_NAMES = ("generic", "avx2", "avx512")
 PRECISIONS = ("double", "single")
 _VARIANTS = {1: "gp_rk4_avx2", 2: "gp_rk4_avx512"}
+# the package the build variants live in (beside this module: ctwa_hpc.method._kernels)
+_PACKAGE = __name__.rpartition(".")[0]
 DENSE_PACKING = (CTWA_MR, CTWA_KC, CTWA_MC)   # rows per panel, columns per slice, panels per group
 NB_MAX = 2                    # chunks per super-chunk of the dense path (at most; measured)
 cdef int64_t _EMPTY_I[1]
@@ -169,7 +171,7 @@ def isa(name=None):
 
 def _variant_module(level):
     import importlib
-    return importlib.import_module(f"ctwa_hpc._kernels.{_VARIANTS[level]}")
+    return importlib.import_module(f"{_PACKAGE}.{_VARIANTS[level]}")
 
 
 _BEST = None
@@ -201,7 +203,7 @@ def _module_name(level, single):
 def _f32_base_level():
     """Level the baseline single-precision module was compiled for (native builds: > 0)."""
     import importlib
-    return importlib.import_module("ctwa_hpc._kernels.gp_rk4_f32").build_info()[0]
+    return importlib.import_module(f"{_PACKAGE}.gp_rk4_f32").build_info()[0]
 
 
 def kernel_info(name=None, precision="double"):
@@ -226,7 +228,7 @@ def _kernel_module(int level, bint single):
     import importlib
     if single and level <= _f32_base_level():
         level = 0
-    return importlib.import_module(f"ctwa_hpc._kernels.{_module_name(level, single)}")
+    return importlib.import_module(f"{_PACKAGE}.{_module_name(level, single)}")
 
 
 cdef chunk_fn _select(int level, bint single, Py_ssize_t* sw) except? NULL:
@@ -309,7 +311,7 @@ def _real_arrays(dict T, bint single):
 def run(dict T, const double[:, :, :, ::1] psi_in, const double[::1] weights,
         double dt, Py_ssize_t n_steps, Py_ssize_t out_every, const double[:, ::1] tf_tab,
         str isa_name=None, threads=None, str precision="double"):
-    """Integrate a batch; see :func:`ctwa_hpc.kernels.integrate` (which builds ``T``).
+    """Integrate a batch; see :func:`ctwa_hpc.method.kernels.integrate` (which builds ``T``).
 
     psi_in: float64 view (A, R, S, 2) of the complex initial state.  Returns
     ``(cols (n_out, K, S), psi_out (A, R, S, 2), bad)``, ``bad`` being None or
@@ -327,7 +329,7 @@ def run_tangent(dict T, const double[:, :, :, ::1] psi_in,
                 double dt, Py_ssize_t n_steps, Py_ssize_t out_every,
                 const double[:, ::1] tf_tab, str isa_name=None, threads=None,
                 str precision="double"):
-    """Integrate a batch and its tangent; see :func:`ctwa_hpc.kernels.integrate_tangent`.
+    """Integrate a batch and its tangent; see :func:`ctwa_hpc.method.kernels.integrate_tangent`.
 
     dpsi_in: float64 view (A, R, S, 2) of the complex tangent δψ(0).  Returns
     ``(cols (n_out, 2K, S), psi_out, dpsi_out, bad)``: the K observable columns followed by

@@ -2,7 +2,7 @@
 # cython: initializedcheck=False, nonecheck=False
 r"""Shifted moment sums of one block of per-sample columns, in one pass (``nogil``).
 
-The compiled twin of the NumPy path of :meth:`ctwa_hpc.stats.Moments.add` (proven equal by
+The compiled twin of the NumPy path of :meth:`ctwa_hpc.method.stats.Moments.add` (proven equal by
 ``tests/test_streaming.py``).  For columns x[t, k, s] (samples innermost, C-contiguous) and
 the row's shift c[t, k]:
 

@@ -196,7 +196,7 @@ def serial_run(cfg, out, extra=()):
 
 
 def compare(path, ref_path, size):
-    from ctwa_hpc import io
+    from ctwa_hpc.output import hdf5 as io
     from mpi_helper import max_diff
     data, ref = io.load(path), io.load(ref_path)
     a = data["attrs"]
@@ -265,7 +265,7 @@ def check_jobs(tmp):
     log(f"job 2 ok: interrupted, requeued, resumed; max |diff| vs uninterrupted serial {diff:.2e}")
 
     # job 3: the array sweep script over model.hz (tiny config instead of N = 64)
-    from ctwa_hpc import io
+    from ctwa_hpc.output import hdf5 as io
     log("job 3: sbatch --wait --array=0-1 jobs/heis64_sweep.slurm (CONFIG=jobs/tiny.toml)")
     outdir = os.path.join(tmp, "sweep")
     p = sbatch(["--array=0-1", "--ntasks=2", f"--output={tmp}/job3-%A_%a.out",

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 import ctwa_hpc
-from ctwa_hpc import checkpoint, config, io
-from ctwa_hpc.runner import Simulation
-from mpi_helper import TINY, check, run_cli
+from ctwa_hpc.driver import checkpoint
+from ctwa_hpc import config
+from ctwa_hpc.output import hdf5 as io
+from ctwa_hpc.driver.runner import Simulation
+from mpi_helper import check, run_cli, TINY
 
 
 def test_bad_key_exit_2(tmp_path):

@@ -9,9 +9,11 @@ import itertools
 import numpy as np
 import pytest
 
-from ctwa_hpc import clusters, exact, models, sampling, states
-from ctwa_hpc.clusters import Partition
-from ctwa_hpc.hamiltonian import Hamiltonian
+from ctwa_hpc.method import clusters, sampling
+from ctwa_hpc.exact import statevector as exact
+from ctwa_hpc.model import models, states
+from ctwa_hpc.method.clusters import Partition
+from ctwa_hpc.model.hamiltonian import Hamiltonian
 
 from dense_reference import SIG, kron_string as kron_labels  # noqa: E402,F401
 

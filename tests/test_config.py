@@ -2,7 +2,7 @@
 import pytest
 
 from ctwa_hpc import config
-from ctwa_hpc.config import ConfigError
+from ctwa_hpc.tools.exceptions import ConfigError
 
 
 def base():
@@ -53,7 +53,7 @@ def test_bad_input_names_field(mutate, field):
 
 
 def test_model_and_state_errors_before_work():
-    from ctwa_hpc.runner import Simulation
+    from ctwa_hpc.driver.runner import Simulation
     raw = base()
     raw["model"] = {"kind": "custom", "n_sites": 4, "terms": [{"coef": 1.0, "ops": "Q0"}]}
     with pytest.raises(ValueError, match=r"model.terms\[0\]"):
@@ -92,7 +92,7 @@ def test_override_parsing():
 
 def test_shipped_jobs_are_valid():
     import glob
-    from ctwa_hpc.runner import Simulation
+    from ctwa_hpc.driver.runner import Simulation
     import os
     files = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "jobs", "*.toml")))
     assert files

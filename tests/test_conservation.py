@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import ctwa_hpc
-from ctwa_hpc import conservation
+from ctwa_hpc.method import conservation
 
 
 @pytest.mark.parametrize("method", ["sb", "reduced", "meanfield"])

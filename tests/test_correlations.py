@@ -7,8 +7,9 @@ integrator-level tolerances.
 import numpy as np
 import pytest
 
-from ctwa_hpc import (clusters, dynamics, exact, freefermion, models, observables, sampling,
-                      states, stats)
+from ctwa_hpc.method import clusters, dynamics, observables, sampling, stats
+from ctwa_hpc.exact import freefermion, statevector as exact
+from ctwa_hpc.model import models, states
 
 DT = 0.01
 

@@ -9,9 +9,11 @@ import hashlib
 import numpy as np
 import pytest
 
-from ctwa_hpc import clusters, dynamics, exact, kernels, observables, pauli, sampling, states
-from ctwa_hpc.couplings import load_couplings, save_couplings
-from ctwa_hpc.hamiltonian import Hamiltonian, TimeFunction
+from ctwa_hpc.method import clusters, dynamics, kernels, observables, sampling
+from ctwa_hpc.exact import statevector as exact
+from ctwa_hpc.model import pauli, states
+from ctwa_hpc.model.couplingfile import load_couplings, save_couplings
+from ctwa_hpc.model.hamiltonian import Hamiltonian, TimeFunction
 
 P = clusters.Partition
 TOL = 1e-12

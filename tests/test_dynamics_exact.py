@@ -16,9 +16,11 @@ from numpy.polynomial.hermite_e import hermegauss
 from scipy.linalg import expm
 from scipy.sparse.linalg import expm_multiply
 
-from ctwa_hpc import clusters, dynamics, exact, models, observables, pauli, sampling, states
-from ctwa_hpc.clusters import Partition
-from ctwa_hpc.hamiltonian import Hamiltonian
+from ctwa_hpc.method import clusters, dynamics, observables, sampling
+from ctwa_hpc.exact import statevector as exact
+from ctwa_hpc.model import models, pauli, states
+from ctwa_hpc.method.clusters import Partition
+from ctwa_hpc.model.hamiltonian import Hamiltonian
 
 TFIM4 = dict(J=0.125, hx=1.0)   # the paper's 4-spin example, eq. (24)
 

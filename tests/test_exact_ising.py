@@ -1,5 +1,5 @@
-"""Closed-form Ising dynamics (ctwa_hpc.exact_ising) against exact diagonalization, the
-dispatch of ctwa_hpc.exact, and CTWA at N = 100 against the closed form.
+"""Closed-form Ising dynamics (ctwa_hpc.exact.ising) against exact diagonalization, the
+dispatch of ctwa_hpc.exact.statevector, and CTWA at N = 100 against the closed form.
 
 Run with ``-s`` to see the measured numbers (deviations from ED, z-scores of CTWA)."""
 import itertools
@@ -7,9 +7,11 @@ import itertools
 import numpy as np
 import pytest
 
-from ctwa_hpc import config, exact, exact_ising, states
-from ctwa_hpc.hamiltonian import Hamiltonian
-from ctwa_hpc.pauli import parse_pauli_string
+from ctwa_hpc import config
+from ctwa_hpc.exact import ising as exact_ising, statevector as exact
+from ctwa_hpc.model import states
+from ctwa_hpc.model.hamiltonian import Hamiltonian
+from ctwa_hpc.model.pauli import parse_pauli_string
 
 
 def random_ising(n, seed, explicit=True):
@@ -195,7 +197,7 @@ def lattice_run(sampling, samples=600, seed=5):
     """Long-range Ising model J_ij = J0/r³ on a 10×10 open square lattice from +x, single-site
     clusters (reduced CTWA), through the runner; the site average (1/N)Σσˣ_i is a column of its
     own so that its standard error includes the correlations between sites."""
-    from ctwa_hpc.runner import Simulation
+    from ctwa_hpc.driver.runner import Simulation
     n = L * L
     xy = np.array([(i % L, i // L) for i in range(n)], float)
     terms = [{"coef": J0 / np.linalg.norm(xy[i] - xy[j]) ** 3, "ops": f"Z{i} Z{j}"}

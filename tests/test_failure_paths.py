@@ -7,7 +7,6 @@ only; skipped otherwise).  MPI cases run ``mpirun`` subprocesses (skipped withou
 """
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
@@ -20,63 +19,27 @@ import time
 import numpy as np
 import pytest
 
-from ctwa_hpc import checkpoint, cli, config, pauli
-from ctwa_hpc.runner import Simulation
-from ctwa_hpc.timefunc import TimeFunction
-from mpi_helper import PY, ROOT, TINY, check, env, have_mpi, max_diff, popen_cli, run_cli
+from ctwa_hpc.driver import checkpoint
+from ctwa_hpc import cli, config
+from ctwa_hpc.model import pauli
+from ctwa_hpc.driver.runner import Simulation
+from ctwa_hpc.model.timefunc import TimeFunction
+from mpi_helper import check, env, max_diff, popen_cli, PY, ROOT, run_cli, TINY
 
-HAVE_MPI = have_mpi()
-needs_mpi = pytest.mark.skipif(not HAVE_MPI, reason="mpirun or mpi4py not available")
-IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-FAST = 30  # seconds: every failure must be reported well within this
-
-
-def clean(r):
-    """No traceback in a handled failure."""
-    assert "Traceback" not in r.stderr, r.stderr
-    return r
-
-
-def leftovers(d, keep=()):
-    """Files in d other than ``keep``: checkpoints, locks, temporaries."""
-    return sorted(set(os.listdir(d)) - set(keep))
-
-
-@contextlib.contextmanager
-def tmpfs(path, size="4m", ro=False):
-    if not IS_ROOT:
-        pytest.skip("mounting a tmpfs needs root")
-    os.makedirs(path, exist_ok=True)
-    opts = f"size={size}" + (",ro" if ro else "")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)],
-                       capture_output=True, text=True, timeout=30)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
-
-
-def fill(d, leave):
-    """Write a filler file so that about ``leave`` bytes stay free in d."""
-    st = os.statvfs(d)
-    free = st.f_bavail * st.f_frsize
-    with open(os.path.join(d, "filler"), "wb") as fh:
-        fh.write(b"\0" * max(free - leave, 0))
+from fault_helper import FAST, HAVE_MPI, clean, fill, leftovers, needs_mpi, tmpfs
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted serial run of tiny.toml."""
-    from ctwa_hpc import io
+    from ctwa_hpc.output import hdf5 as io
     path = tmp_path_factory.mktemp("ref") / "ref.h5"
     check(run_cli(["run", TINY, "-o", path, "-q"]))
     return io.load(path)
 
 
 def same_as(reference, path):
-    from ctwa_hpc import io
+    from ctwa_hpc.output import hdf5 as io
     data = io.load(path)
     assert data["attrs"]["n_samples"] == reference["attrs"]["n_samples"]
     np.testing.assert_array_equal(data["moments"]["count"], reference["moments"]["count"])
@@ -354,7 +317,7 @@ def test_damaged_checkpoint_refused(two_rank_checkpoint, tmp_path, reference, ki
 
 # -- 6. -o is a path, never TOML -------------------------------------------------------------------
 def test_output_path_taken_literally(tmp_path):
-    from ctwa_hpc import io
+    from ctwa_hpc.output import hdf5 as io
     for name in ["a\\tb \"q'.h5"]:  # backslash-t, double and single quote, blank
         check(run_cli(["run", TINY, "-o", tmp_path / name, "-q"]))
         assert (tmp_path / name).exists()

@@ -1,13 +1,12 @@
-"""Tests of ctwa_hpc.geometry: lattices, positions, couplings, fields, clusterings, dict specs."""
+"""Tests of ctwa_hpc.model.geometry: lattices, positions, couplings, fields, clusterings, dict specs."""
 import itertools
 
 import numpy as np
 import pytest
 
-from ctwa_hpc import geometry as g
-from ctwa_hpc.clusters import Partition
-from ctwa_hpc.geometry import fields as gfields
-from ctwa_hpc.geometry import spec as gspec
+from ctwa_hpc.model import geometry as g
+from ctwa_hpc.method.clusters import Partition
+from ctwa_hpc.model.geometry import fields as gfields, spec as gspec
 
 XXZ = {"xx": 1.0, "yy": 1.0, "zz": 2.0}
 

@@ -8,9 +8,12 @@ import h5py
 import numpy as np
 import pytest
 
-from ctwa_hpc import checkdt, cli, config, io, merge
-from ctwa_hpc.runner import Simulation
-from mpi_helper import TINY, check, have_mpi, run_cli
+from ctwa_hpc.extras import checkdt
+from ctwa_hpc import cli, config
+from ctwa_hpc.output import hdf5 as io
+from ctwa_hpc.driver import merge
+from ctwa_hpc.driver.runner import Simulation
+from mpi_helper import check, have_mpi, run_cli, TINY
 
 xr = pytest.importorskip("xarray")
 pytest.importorskip("h5netcdf")
@@ -234,7 +237,7 @@ def test_plot_overlay(small, tmp_path):
     pytest.importorskip("matplotlib")
     import matplotlib
     matplotlib.use("Agg")
-    from ctwa_hpc import plotting
+    from ctwa_hpc.extras import plotting
     path, _ = small
     other = tmp_path / "j2.h5"
     write(other, tiny("model.J=0.25", names=["sz", "mz_staggered"], exact=False))

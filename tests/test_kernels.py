@@ -1,15 +1,16 @@
-"""Compiled RK4 kernel (``ctwa_hpc._kernels.gp_rk4``) against the NumPy reference path.
+"""Compiled RK4 kernel (``ctwa_hpc.method._kernels.gp_rk4``) against the NumPy reference path.
 
 Every case integrates the same Wigner samples with both backends of
-:func:`ctwa_hpc.kernels.integrate` and requires the observable columns at every output step
+:func:`ctwa_hpc.method.kernels.integrate` and requires the observable columns at every output step
 and the final state to agree to 1e-12 (relative to their largest magnitude).
 """
 import numpy as np
 import pytest
 
-from ctwa_hpc import clusters, dynamics, kernels, models, observables, sampling, states
+from ctwa_hpc.method import clusters, dynamics, kernels, observables, sampling
+from ctwa_hpc.model import models, states
 
-gp = pytest.importorskip("ctwa_hpc._kernels.gp_rk4",
+gp = pytest.importorskip("ctwa_hpc.method._kernels.gp_rk4",
                          reason="compiled kernels not built (python setup.py build_ext --inplace)")
 
 RTOL = 1e-12
@@ -241,7 +242,7 @@ def test_compiled_info():
 
 
 def test_flop_count_and_bench_case():
-    from ctwa_hpc import bench
+    from ctwa_hpc.bench import cases as bench
     problem, plan, batch = _setup("heis8_c4", "sb", n_samples=4)
     flops = bench.flop_count(kernels.compile_tables(problem, plan), 1, 10)
     assert flops > 0
@@ -415,7 +416,7 @@ def test_tangent_argument_checks():
 
 
 def test_tangent_flop_count_and_bench_case():
-    from ctwa_hpc import bench
+    from ctwa_hpc.bench import cases as bench
     names = [c.name for c in bench.CASES]
     assert names[:5] == ["heis64_c2", "heis64_c4", "heis64_c6", "ising20_c4", "heis1024_c4"]
     case = next(c for c in bench.CASES if c.name == "heis64_c4_tangent")

@@ -14,10 +14,12 @@ import time
 import numpy as np
 import pytest
 
-from ctwa_hpc import bench, clusters, dynamics, kernels, models, observables, sampling, states
-from ctwa_hpc.hamiltonian import Hamiltonian
+from ctwa_hpc.bench import cases as bench
+from ctwa_hpc.method import clusters, dynamics, kernels, observables, sampling
+from ctwa_hpc.model import models, states
+from ctwa_hpc.model.hamiltonian import Hamiltonian
 
-gp = pytest.importorskip("ctwa_hpc._kernels.gp_rk4",
+gp = pytest.importorskip("ctwa_hpc.method._kernels.gp_rk4",
                          reason="compiled kernels not built (python setup.py build_ext --inplace)")
 
 RTOL = 1e-12
@@ -341,7 +343,7 @@ def test_blas_reference_runs_unpinned(monkeypatch):
     """The best dgemm runs without OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE even when the
     environment pins them, and the pinned figure uses the environment's core type."""
     pytest.importorskip("threadpoolctl")
-    from ctwa_hpc import bench_scaling
+    from ctwa_hpc.bench import machine as bench_scaling
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
     seen = []
     real = bench_scaling._gemm_subprocess

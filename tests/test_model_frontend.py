@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 
 import ctwa_hpc
-from ctwa_hpc import config, exact, geometry, modelspec
-from ctwa_hpc.config import ConfigError
-from ctwa_hpc.hamiltonian import Hamiltonian
-from ctwa_hpc.runner import Simulation
+from ctwa_hpc import config
+from ctwa_hpc.exact import statevector as exact
+from ctwa_hpc.model import builder as modelspec, geometry
+from ctwa_hpc.tools.exceptions import ConfigError
+from ctwa_hpc.model.hamiltonian import Hamiltonian
+from ctwa_hpc.driver.runner import Simulation
 
 RK4_FLOOR = 1e-6
 

@@ -5,8 +5,8 @@ import h5py
 import numpy as np
 import pytest
 
-from ctwa_hpc import io
-from mpi_helper import SKIP_ATTRS, TINY, check, have_mpi, max_diff, run_cli
+from ctwa_hpc.output import hdf5 as io
+from mpi_helper import check, have_mpi, max_diff, run_cli, SKIP_ATTRS, TINY
 
 pytestmark = [pytest.mark.mpi,
               pytest.mark.skipif(not have_mpi(), reason="mpirun or mpi4py not available")]

@@ -11,9 +11,13 @@ import pytest
 import scipy.linalg as sla
 
 from dense_reference import kron_string
-from ctwa_hpc import clusters, config, exact, observables, sampling, states, stats
-from ctwa_hpc.hamiltonian import Hamiltonian
-from ctwa_hpc.runner import Simulation, propagate
+from ctwa_hpc.method import clusters, observables, sampling, stats
+from ctwa_hpc import config
+from ctwa_hpc.exact import statevector as exact
+from ctwa_hpc.model import states
+from ctwa_hpc.model.hamiltonian import Hamiltonian
+from ctwa_hpc.driver.problem import propagate
+from ctwa_hpc.driver.runner import Simulation
 
 N = 5
 TERMS = [(0.8, "X0 X1"), (0.8, "Y0 Y1"), (0.5, "Z0 Z1"), (0.7, "X1 X2"), (0.6, "Y1 Y2"),

@@ -1,6 +1,6 @@
 """Pauli-string action, Hamiltonian terms, model builders and their validation.
 
-Conventions checked here (ctwa_hpc.pauli): Pauli matrices σ (not σ/2); basis index bit k = 1
+Conventions checked here (ctwa_hpc.model.pauli): Pauli matrices σ (not σ/2); basis index bit k = 1
 when site k points down; |0> = |↑↑…↑>; bit 0 is the last Kronecker factor.
 """
 import itertools
@@ -8,8 +8,8 @@ import itertools
 import numpy as np
 import pytest
 
-from ctwa_hpc import models, pauli
-from ctwa_hpc.hamiltonian import Hamiltonian, TimeFunction
+from ctwa_hpc.model import models, pauli
+from ctwa_hpc.model.hamiltonian import Hamiltonian, TimeFunction
 
 from dense_reference import SIG, kron_string  # noqa: E402,F401
 

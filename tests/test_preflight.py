@@ -10,11 +10,12 @@ import time
 import numpy as np
 import pytest
 
-from ctwa_hpc import config, preflight
-from ctwa_hpc.config import ConfigError
-from ctwa_hpc.runner import Simulation
-from ctwa_hpc.workplan import WorkItem, WorkPlan, split_range
-from mpi_helper import ROOT, TINY, check, env, run_cli
+from ctwa_hpc import config
+from ctwa_hpc.driver import preflight
+from ctwa_hpc.tools.exceptions import ConfigError
+from ctwa_hpc.driver.runner import Simulation
+from ctwa_hpc.driver.workplan import split_range, WorkItem, WorkPlan
+from mpi_helper import check, env, ROOT, run_cli, TINY
 
 SHAPES = [(1, 1, 1, 1), (2, 1, 240, 40), (3, 2, 100, 32), (4, 3, 7, 8), (2, 2, 64, 64),
           (5, 1, 33, 4)]
@@ -191,7 +192,7 @@ def test_estimate_command(tmp_path):
 def test_estimate_matches_a_measured_run(tmp_path):
     """Memory and time of a moment-heavy run (27 MB of sums) against the estimate."""
     prefix = tmp_path / "m"
-    cmd = [sys.executable, "-m", "ctwa_hpc.bench_mpi", "_rank", str(prefix), "run",
+    cmd = [sys.executable, "-m", "ctwa_hpc.bench.rankprobe", str(prefix), "run",
            os.path.join(ROOT, "jobs", "heis16.toml"), "-o", str(tmp_path / "m.h5"), "-q",
            "--set", "disorder.realizations=32", "--set", "method.samples=32",
            "--set", "method.batch=32", "--set", "time.t_max=10", "--set",
@@ -207,7 +208,7 @@ def test_estimate_matches_a_measured_run(tmp_path):
     assert need >= est["base"] + est["done_rows"]
     assert need - est["base"] <= 10 * growth
     assert measured / 3 <= need <= 3 * measured, (need, measured)
-    from ctwa_hpc import io
+    from ctwa_hpc.output import hdf5 as io
     data = io.load(tmp_path / "m.h5")
     size = os.path.getsize(tmp_path / "m.h5")
     assert size / 1.5 <= est["output"] <= 1.5 * size, (est["output"], size)

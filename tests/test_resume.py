@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from ctwa_hpc import io
-from mpi_helper import TINY, check, have_mpi, max_diff, popen_cli, run_cli
+from ctwa_hpc.output import hdf5 as io
+from mpi_helper import check, have_mpi, max_diff, popen_cli, run_cli, TINY
 
 pytestmark = [pytest.mark.mpi,
               pytest.mark.skipif(not have_mpi(), reason="mpirun or mpi4py not available")]

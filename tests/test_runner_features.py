@@ -3,8 +3,9 @@ outputs, and the mean-field edge cases; checked against exact references or the 
 import numpy as np
 import pytest
 
-from ctwa_hpc import config, stats
-from ctwa_hpc.runner import Simulation
+from ctwa_hpc import config
+from ctwa_hpc.method import stats
+from ctwa_hpc.driver.runner import Simulation
 
 
 def cfg(**sections):

@@ -7,10 +7,13 @@ import os
 import numpy as np
 import pytest
 
-from ctwa_hpc import config, io, rowstore, stats
-from ctwa_hpc.parallel import SerialComm
-from ctwa_hpc.runner import Simulation
-from mpi_helper import TINY, check, have_mpi, max_diff, run_cli
+from ctwa_hpc import config
+from ctwa_hpc.output import hdf5 as io
+from ctwa_hpc.driver import rowstore
+from ctwa_hpc.method import kernels, stats
+from ctwa_hpc.tools.parallel import SerialComm
+from ctwa_hpc.driver.runner import Simulation
+from mpi_helper import check, have_mpi, max_diff, run_cli, TINY
 
 HEIS = os.path.join(os.path.dirname(TINY), "heis16.toml")
 
@@ -45,7 +48,7 @@ def test_shifted_moments_merge_exactly_and_constant_columns_have_zero_error():
 
 def test_compiled_accumulation_equals_numpy_twin():
     """cython_kernels/moments.pyx and the NumPy path of Moments.add give the same sums."""
-    if stats._moments_kernel() is None:
+    if kernels.moments_accumulate is None:
         pytest.skip("Cython kernels not built")
     rng = np.random.default_rng(7)
     cross = np.array([[0, 3], [2, 2], [4, 1]])
@@ -201,7 +204,7 @@ def test_merge_disjoint_realizations_without_moments(tmp_path):
     """Files without /moments (output.moments = 'never') merge over disjoint realizations
     through their per-realization estimates: equal to one run over all of them; sample
     ranges still need the moments (a clear refusal)."""
-    from ctwa_hpc import merge
+    from ctwa_hpc.driver import merge
     never = ["--set", "output.moments='never'", "-q"]
     parts = []
     for first in (0, 2):
