@@ -14,7 +14,9 @@ are errors naming the field) and stored with the result.
 
 Under ``mpirun`` the call is collective (every rank calls it; rank 0 gets the result, the other
 ranks ``None``) and progress lines go to the ``ctwa_hpc`` logger; on one process a live
-progress bar is drawn on stderr (it shows in place in a terminal and in a notebook).
+progress bar is drawn on stderr (it shows in place in a terminal and in a notebook).  Under
+``mpirun`` (without ``-m mpi4py``) the first call also makes an uncaught exception on any
+rank end the whole job with ``MPI_Abort`` instead of hanging the other ranks.
 Ctrl-C stops the run at the end of the current work block and raises ``KeyboardInterrupt``.
 """
 from __future__ import annotations
@@ -128,9 +130,12 @@ def _objects_to_refs(raw):
         for key in ("file", "positions_file"):
             v = model.get(key)
             if v is not None and not isinstance(v, (str, os.PathLike)):
-                model[key] = builder.register_object(v)
+                model[key] = builder.register_object(builder.check_object(key, v))
             elif isinstance(v, os.PathLike):
                 model[key] = os.fspath(v)
+                if not isinstance(model[key], str):
+                    raise config_mod.ConfigError(f"model.{key}: expected a str path, got "
+                                      f"{type(model[key]).__name__}")
         if isinstance(model.get("positions_file"), str) and \
                 model["positions_file"].startswith(builder.OBJECT_PREFIX):
             model.setdefault("positions", "file")
@@ -158,6 +163,26 @@ def resolve(config, overrides=None):
             raise config_mod.ConfigError("overrides: expected a dict {'section.key': value}")
         config_mod.apply_overrides(raw, overrides)
     return config_mod.resolve(_objects_to_refs(raw))
+
+
+def _abort_on_uncaught(comm):
+    """Under MPI (``comm.size > 1``): an exception that reaches the top level of the script on
+    one rank ends the whole job (its traceback and ``MPI_Abort``), as ``python -m mpi4py``
+    does, instead of leaving the other ranks waiting in a collective (installed once)."""
+    if comm.size <= 1 or getattr(sys.excepthook, "ctwa_abort", False):
+        return
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        try:
+            previous(kind, value, tb)
+        finally:
+            print(f"ctwa-hpc: error (rank {comm.rank}): uncaught {kind.__name__}: ending the "
+                  "MPI job (MPI_Abort)", file=sys.stderr)
+            parallel.abort(comm, 1)
+
+    hook.ctwa_abort = True
+    sys.excepthook = hook
 
 
 def _ensure_handler(quiet):
@@ -207,11 +232,18 @@ def run(config, overrides=None, *, output=None, force=False, comm=None, quiet=Fa
                    quiet=quiet, ignore_limits=ignore_limits, use_checkpoint=False,
                    progress_bar=bar)
     handler = _ensure_handler(quiet or comm.rank != 0)
+    _abort_on_uncaught(comm)
     try:
         res = sess.run()
-    except RunError as err:
+    except RunError as err:   # the same on every rank (or the job was aborted)
         if err.cause is not None:
             raise err.cause from None
+        raise
+    except BaseException as exc:   # on this rank only: the others may wait in a collective
+        if comm.size > 1:
+            print(f"ctwa-hpc: error (rank {comm.rank}): {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+            parallel.abort(comm, 1)
         raise
     finally:
         if handler is not None:

@@ -16,16 +16,21 @@ failing rank aborts the whole job instead of hanging it.
 Exit codes (the same on every rank; under MPI ``mpirun`` returns it too):
 
   0  done, or nothing left to resume (``--resume`` on a finished output)
-  1  unexpected error, or the output could not be written (disk full, I/O error): the
-     checkpoint is kept with every finished block; free space and rerun with ``--resume``
+  1  unexpected error, or the output could not be written (disk full, also during the
+     final write; I/O error): one message, the checkpoint is kept with every finished
+     block, the temporary and the lock removed; free space and rerun with ``--resume``
   2  bad input or refused: configuration errors (the message starts with the field), an
-     existing output without ``--force``, ``-o`` equal to the config file, an output in use
-     by another run (lock ``OUT.h5.lock``), a damaged or foreign checkpoint, errors found
-     during the run (a non-finite trajectory: reduce time.dt), a run the pre-flight estimate
-     refuses (memory of the node or ``output.max_memory_gb`` exceeded, over a year of run
-     time; ``--ignore-limits`` overrides it, ``--force`` does not)
+     existing output without ``--force``, ``-o`` equal to the config file or to an input
+     file of the run (even with ``--force``), an output in use by another run (lock
+     ``OUT.h5.lock``), a damaged or foreign checkpoint, a checkpoint holding finished work
+     that this command would discard (``--force`` discards it), errors found during the
+     run (a non-finite trajectory: reduce time.dt), a run the pre-flight estimate refuses
+     (memory of the node or ``output.max_memory_gb`` exceeded by the time grid, one work
+     block, an exact reference or the run; over a year of run time; ``--ignore-limits``
+     overrides it, ``--force`` does not)
   3  interrupted by SIGTERM/SIGUSR1/SIGINT with a checkpoint saved (continue with the same
-     command plus ``--resume``)
+     command plus ``--resume``), or during the set-up, before any work (nothing written:
+     run the same command again)
 
 An error on one rank only (e.g. the config file not visible on one node) stops every rank
 within seconds, and its message is printed.  Signals: send SIGUSR1 to ``mpirun`` (it forwards
@@ -141,7 +146,11 @@ def main(argv=None):
     if args.command == "merge":
         return merge.merge_command(args)
     if args.command == "check-dt":
-        return checkdt.check_dt_command(args)
+        code = checkdt.check_dt_command(args)
+        comm = parallel.get_comm()
+        if code and comm.size > 1:   # agreed by every rank: a clean exit, not MPI_Abort
+            parallel.finalize_and_exit(comm, code)
+        return code
     if args.command == "plot":
         return plot_command(args)
     comm = parallel.get_comm()

@@ -59,7 +59,7 @@ SCHEMA = {
                        "models, e.g. {zz = \"cos(omega*t)\"}"),
         "file": (str, None, "couplings model: .npz or .h5 file with J_xx, J_yy, J_zz, "
                  "[J_xy, J_xz, J_yz] (N, N) and [h_x, h_y, h_z] (N,), optional leading "
-                 "realization axis"),
+                 "realization axis (a relative path is next to the run file)"),
         "lattice": (str, None, "lattice model: chain | square | triangular | honeycomb | cubic"),
         "size": (list, None, "lattice model: cells per axis, e.g. [4, 4]"),
         "spacing": (float, 1.0, "lattice model: lattice constant"),
@@ -68,7 +68,8 @@ SCHEMA = {
                     "(random per realization)"),
         "box": (list, None, "positions = box | blockade: box lengths per axis"),
         "blockade_radius": (float, None, "positions = blockade: no pair closer than this"),
-        "positions_file": (str, None, "positions = file: .npy/.npz/.txt/.csv of shape (N, d)"),
+        "positions_file": (str, None, "positions = file: .npy/.npz/.txt/.csv of shape (N, d) "
+                           "(a relative path is next to the run file)"),
         "sublattice": (str, None, "staggered sign / Néel pattern: lattice (the lattice's "
                        "bipartition, default) | alternating ((-1)^k in site order, e.g. the "
                        "occupied sites of a partially filled chain)"),
@@ -162,6 +163,11 @@ _MODEL_DEFAULTED = {"spacing", "positions", "interaction", "coupling_f"}
 def _check_type(where, value, typ):
     if typ is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        try:
+            ok and float(value)
+        except OverflowError:
+            raise ConfigError(f"{where}: a {len(str(abs(value)))}-digit integer is too large "
+                              "for a number (give |x| < 1.8e308)") from None
         if ok and not math.isfinite(value):
             raise ConfigError(f"{where}: {value} is not finite")
         return float(value) if ok else _type_error(where, value, "a number")
@@ -374,7 +380,7 @@ def apply_overrides(raw, overrides):
 
 
 def read_toml(path):
-    """A run file as a raw dict; relative data-file paths are taken relative to the file."""
+    """A run file as a raw dict; relative data-file paths are relative to the file's directory."""
     if os.path.isdir(path):
         raise ConfigError(f"config: {path!r} is a directory, not a TOML file")
     try:
@@ -386,14 +392,7 @@ def read_toml(path):
         raise ConfigError(f"config: cannot read {path!r}: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config: {path}: invalid TOML: {exc}") from None
-    model = raw.get("model")
-    if isinstance(model, dict):
-        base = os.path.dirname(os.path.abspath(path))
-        for k in ("file", "positions_file"):
-            v = model.get(k)
-            if isinstance(v, str) and v and not os.path.isabs(v) and not os.path.exists(v) \
-                    and os.path.exists(os.path.join(base, v)):
-                model[k] = os.path.join(base, v)
+    builder.anchor_paths(raw.get("model"), os.path.dirname(os.path.abspath(path)))
     return raw
 
 

@@ -31,10 +31,16 @@ do not match, its items are out of range, outside their rows or repeated, its co
 from what its items imply, any sum is not finite, or its items overlap another file's (a
 copied file).  Deleting one damaged rank file is always safe: its work blocks are redone.
 
-Special cases.  A directory without a manifest (a run killed before its first checkpoint
-completed) holds no finished work and is replaced by a fresh start, with or without
-``--resume``.  A checkpoint marked failed whose config differs from the current one (the
-corrected rerun) is replaced by a fresh start too; with the same config it resumes.
+Special cases.  A directory without a manifest whose rank files hold no finished work (a run
+killed before its first checkpoint completed) is replaced by a fresh start, with or without
+``--resume``; when its rank files do hold work (the manifest was deleted) it is refused (exit
+2) and kept: restore the manifest, or start over with ``--force``.  A checkpoint marked
+failed whose config differs from the current one (the corrected rerun) is replaced by a fresh
+start when it holds no finished work; when it does, it is kept and the run refused: resume
+it with its own config, or discard it with ``--force``.  With the same config it resumes.
+Every array of a rank file must be finite, except the non-finite row estimates its run wrote
+(their counts ``est_nonfinite`` are saved under the checksum: a stderr of one sample, an
+undefined squeezing), so a NaN written into a file with its checksum recomputed is refused.
 
 Saving happens every ``output.checkpoint_every_s`` seconds (per rank, at block boundaries; the
 interval grows if saving is slow) and when a stop is requested: SIGTERM (SLURM, before the time
@@ -47,9 +53,8 @@ output path); stale temporaries (``*.tmp*``) found at the start are removed.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
-import hashlib
-import json
 import logging
 import os
 import shlex
@@ -62,21 +67,25 @@ import time
 import numpy as np
 
 from ..config import config_hash
-from .atomicio import (atomic_savez, read_json, remove_quietly, remove_stale_temporaries,
-                       write_json)
+from .atomicio import (FORMAT, atomic_savez, check_finite as _check_finite,
+                       checksum as _checksum, nonfinite_counts, orphan_work, read_json,
+                       read_manifest, remove_quietly, remove_stale_temporaries, write_json)
 from .rowstate import RowState, expand_ranges, overlaps
 
 log = logging.getLogger("ctwa_hpc")
 
 EXIT_INTERRUPTED = 3
-FORMAT = 3
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
-# sections/keys that do not change the sampled numbers (may differ between run and resume)
-_MANIFEST_KEYS = {"config_hash": str, "n_items": int, "generation": int, "size": int}
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used (wrong config, damaged file, ...)."""
+
+
+class SetupInterrupted(BaseException):
+    """A stop signal during the set-up (:meth:`StopFlag.during_setup`): nothing was done, so
+    nothing is saved.  A BaseException, so that no ``except Exception`` of the set-up code
+    takes it for an input error."""
 
 
 class Interrupted(Exception):
@@ -98,6 +107,7 @@ class StopFlag:
         self.reason = None
         self.acted = False
         self._old = {}
+        self._urgent = False
         n = os.environ.get("CTWA_TEST_STOP_AFTER_BLOCKS")
         self.after_blocks = int(n) if n else None
 
@@ -120,6 +130,21 @@ class StopFlag:
         if self.reason is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C stops at once
         self.reason = signal.Signals(signum).name
+        if self._urgent:
+            self._urgent = False
+            raise SetupInterrupted(self.reason)
+
+    @contextlib.contextmanager
+    def during_setup(self):
+        """Inside the block a stop signal raises :class:`SetupInterrupted` at once (the
+        set-up, where nothing is saved yet: no collective and no file may be in progress)."""
+        if self.reason is not None:
+            raise SetupInterrupted(self.reason)
+        self._urgent = True
+        try:
+            yield self
+        finally:
+            self._urgent = False
 
     def check(self, blocks_done):
         n = self.after_blocks
@@ -131,37 +156,6 @@ class StopFlag:
 
 
 # -- files ----------------------------------------------------------------------------------------
-def _checksum(config_hash_, generation, rank, arrays):
-    h = hashlib.sha256()
-    h.update(f"{FORMAT}:{config_hash_}:{int(generation)}:{int(rank)}:".encode())
-    for k in sorted(arrays):
-        a = np.ascontiguousarray(arrays[k])
-        h.update(f"{k}{a.shape}{a.dtype.str}".encode())
-        h.update(a.reshape(-1).view(np.uint8))
-    return h.hexdigest()
-
-
-def read_manifest(directory):
-    """The validated manifest dict; ``ValueError`` saying what is wrong with it."""
-    path = os.path.join(directory, "manifest.json")
-    try:
-        with open(path) as fh:
-            man = json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"unreadable ({exc})") from None
-    if not isinstance(man, dict):
-        raise ValueError(f"expected a JSON object, got {type(man).__name__}")
-    for key, typ in _MANIFEST_KEYS.items():
-        if key not in man:
-            raise ValueError(f"key {key!r} is missing")
-        v = man[key]
-        if not isinstance(v, typ) or isinstance(v, bool):
-            raise ValueError(f"{key!r} must be {typ.__name__}, got {v!r}")
-    if man["generation"] < 0 or man["size"] < 1 or man["n_items"] < 0:
-        raise ValueError(f"generation/size/n_items out of range: {man!r}")
-    return man
-
-
 class Checkpoint:
     """Per-rank checkpoint files of one run (collective :meth:`start`, per-rank :meth:`save`).
 
@@ -203,8 +197,20 @@ class Checkpoint:
             failed = (read_json(self._failed_path()) or {}) \
                 if os.path.exists(self._failed_path()) else None
             if not os.path.exists(self._manifest_path()):
-                self._fresh(f"checkpoint {self.dir} has no manifest (the run was stopped before "
-                            "its first checkpoint was complete; no finished work in it)")
+                held = orphan_work(self.dir)
+                if force:
+                    shutil.rmtree(self.dir)
+                elif held:
+                    return (f"checkpoint {self.dir}: manifest.json is missing, but {held} hold "
+                            "finished work (the manifest was deleted or lost; nothing was "
+                            f"changed): to continue that run restore {self._manifest_path()} "
+                            "(e.g. from a backup) and rerun with --resume; to discard the work "
+                            f"and start over, rerun with --force (this deletes {self.dir})",
+                            None, 0)
+                else:
+                    self._fresh(f"checkpoint {self.dir} has no manifest (the run was stopped "
+                                "before its first checkpoint was complete; no finished work "
+                                "in it)")
             elif force and not resume:
                 shutil.rmtree(self.dir)
             else:
@@ -214,10 +220,19 @@ class Checkpoint:
                     return (f"checkpoint {self.dir}: manifest.json is damaged ({exc}); it cannot "
                             f"be resumed safely: start over with --force (this deletes "
                             f"{self.dir})", None, 0)
-                if failed is not None and man["config_hash"] != self.hash:
+                held = orphan_work(self.dir, man["generation"]) \
+                    if failed is not None and man["config_hash"] != self.hash else None
+                if held is not None and (force or not held):
                     self._fresh(f"checkpoint {self.dir} is from a run that failed ("
                                 f"{str(failed.get('message', '?'))[:200]}) with another "
-                                "configuration")
+                                "configuration" + (" (--force)" if held else ""))
+                elif held:
+                    return (f"checkpoint {self.dir} holds the finished work of a run that "
+                            f"failed ({str(failed.get('message', '?'))[:200]}) with another "
+                            f"configuration ({held}): to finish that run, rerun its command "
+                            "with --resume; to discard the work and start over with this "
+                            f"configuration, rerun with --force (this deletes {self.dir})",
+                            None, 0)
                 elif not resume:
                     note = (f" (that run failed: {str(failed.get('message', '?'))[:200]})"
                             if failed is not None else "")
@@ -277,6 +292,7 @@ class Checkpoint:
                              f"or damaged); {redo}")
         try:
             store.check_state(state, name)
+            _check_finite(state, store, name)
         except ValueError as exc:
             raise ValueError(f"{exc}; {redo}") from None
         return state
@@ -369,6 +385,7 @@ class Checkpoint:
     def save(self, store):
         t0 = time.monotonic()
         state = store.state_arrays()
+        state["est_nonfinite"] = nonfinite_counts(state)
         rank = self.comm.rank
         path = self._file(self.generation, rank)
         atomic_savez(path, config_hash=np.array(self.hash),

@@ -22,7 +22,10 @@ Compatibility: every config key must agree except those listed in :data:`FREE` (
 counts and ranges, output path, checkpoint/progress settings, kernel backend and batch size,
 the stopping rule); the first differing key is reported.  Random streams are keyed by
 (method.seed, global realization, global sample index), so two jobs whose realization and
-sample ranges both overlap would count the same trajectories twice: refused.
+sample ranges both overlap would count the same trajectories twice: refused.  Inputs must
+also share their model data (``model_content_hash``), and every input's numbers are checked (counts, finiteness,
+the moment sums against its own results) before anything is written
+(:mod:`ctwa_hpc.driver.mergecheck`); the output is held under a run's output lock.
 """
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ from ..output import hdf5
 from ..method import stats
 from ..output import schema
 from ..output.layout import RunResult
+from . import guards, mergecheck
+from .mergecheck import MergeError
 from .runner import Simulation
 
 log = logging.getLogger("ctwa_hpc")
@@ -49,10 +54,6 @@ FREE = {"output": {"path", "checkpoint_every_s", "progress_every_s", "moments",
         "method": {"samples", "first_sample", "backend", "batch"},
         "disorder": {"realizations", "first"},
         "stop": ALL}
-
-
-class MergeError(ValueError):
-    """Files that cannot be merged (the message says why)."""
 
 
 def first_difference(a, b):
@@ -75,19 +76,28 @@ class Job:
     """One input file: its data, stored config and realization/sample ranges."""
 
     def __init__(self, path):
+        path = os.fspath(path)
         hdf5.check_readable(path, "merge")
         try:
             self.data = hdf5.load(path)
-        except KeyError as exc:
-            raise MergeError(f"merge: {path} is not a ctwa-hpc output file ({exc} missing)")
+        except ValueError as exc:   # truncated, damaged, not an output file, bad config_toml
+            raise MergeError(f"merge: {exc}") from None
         self.path = path
         self.cfg = self.data["config"]
-        d, m = self.cfg.get("disorder", {}), self.cfg.get("method", {})
-        self.first = int(d.get("first", 0))
-        self.n_real = int(d.get("realizations", 1))
-        self.first_sample = int(m.get("first_sample", 0))
-        self.n_samples = int(m.get("samples", 1))
+        try:
+            resolved = config_mod.resolve(copy.deepcopy(self.cfg))
+        except ValueError as exc:
+            raise MergeError(f"merge: {path}: root attribute config_toml does not validate "
+                             f"({exc}); the file is damaged or from another version: rerun "
+                             "the job") from None
+        d, m = resolved["disorder"], resolved["method"]
+        self.first = int(d["first"])
+        self.n_real = int(d["realizations"])
+        self.first_sample = int(m["first_sample"])
+        self.n_samples = int(m["samples"])
+        self.stopped = bool((resolved.get("stop") or {}).get("stderr_target"))
         self.method = self.data["attrs"].get("method")
+        self.model_hash = self.data["attrs"].get("model_content_hash") or None
         idx = np.asarray(self.data["realization_index"])
         if len(idx) != self.n_real or not np.array_equal(idx, self.first + np.arange(self.n_real)):
             raise MergeError(f"merge: {path}: stored realization indices {idx.tolist()} do not "
@@ -133,6 +143,7 @@ def plan_merge(jobs):
         if j.method != ref.method:
             raise MergeError(f"merge: {j.path} holds method {j.method!r}, {ref.path} "
                              f"{ref.method!r}")
+    mergecheck.check_model_hashes(jobs)
     same_real = len({j.realizations for j in jobs}) == 1
     same_samples = len({j.samples for j in jobs}) == 1
     exact = ref.method == "exact"
@@ -232,18 +243,14 @@ def _ctwa_run(jobs, cfg, mode):
         raise MergeError("merge: a pure-state mean-field run has one trajectory per "
                          "realization; only realization ranges can be merged")
     obs, zero = sim.new_moments()
+    mergecheck.check_model_data(jobs, sim)
+    for j in jobs:
+        mergecheck.check_counts(j, sim)
     if mode == "realizations" and any("moments" not in j.data for j in jobs):
         return _rows_run(jobs, cfg), None
-    moms = [j.data["moments"] for j in jobs]
-    for j, m in zip(jobs, moms):
-        if not np.array_equal(m["cross"].reshape(-1, 2), np.asarray(zero.cross).reshape(-1, 2)):
-            raise MergeError(f"merge: {j.path}: its moment columns do not match the observables "
-                             "of the config (written by another version?)")
-    parts = [stats.Moments.from_arrays(m, zero.cross) for m in moms]
+    parts = [mergecheck.check_moments(j, sim, obs, zero) for j in jobs]
     if mode == "realizations":
-        total = stats.Moments(*(np.concatenate([getattr(p, k) for p in parts], axis=0)
-                                for k in ("count", "s1", "s2", "sx")), zero.cross,
-                              np.concatenate([p.shift for p in parts], axis=0))
+        total = stats.Moments.concat(parts, zero.cross)
     else:
         for p in parts:
             if p.s1.shape != zero.s1.shape:
@@ -298,17 +305,50 @@ def _rows_run(jobs, cfg):
 def merge(paths, output, force=False):
     """Merge output files into ``output``; returns the merged RunResult.
 
-    Raises :class:`MergeError` (a ValueError) when the files cannot be merged.
+    Raises :class:`MergeError` (a ValueError) when the files cannot be merged.  ``output`` is
+    checked first (not a directory, not an input, not existing without ``force``) and is
+    held under the same lock as a run's output (``OUTPUT.lock``) while the merge works;
+    stale temporaries ``OUTPUT.tmp.*`` are removed, and so are this merge's own on failure.
     """
+    out = os.fspath(output)
+    mergecheck.check_output(out, paths)
+    hdf5.check_writable(out, force)
+    lock = guards.OutputLock(out)
+    try:
+        lock.acquire()
+    except ValueError as exc:
+        raise MergeError(_as_merge(exc)) from None
+    try:
+        guards.remove_output_temporaries(out)
+        return _merge_locked(paths, out, force)
+    except BaseException:
+        guards.remove_output_temporaries(out)
+        raise
+    finally:
+        lock.release()
+
+
+def _as_merge(exc):
+    """A guard's ``output.path: ...`` message as merge's ``merge: -o ...``."""
+    msg = str(exc)
+    return "merge: -o " + msg[len("output.path: "):] if msg.startswith("output.path: ") \
+        else msg
+
+
+def _merge_locked(paths, out, force):
     jobs = [Job(p) for p in paths]
     mode, jobs, raw = plan_merge(jobs)
-    raw["output"]["path"] = os.fspath(output)
+    raw["output"]["path"] = out
     cfg = config_mod.resolve(raw)
-    hdf5.check_writable(os.fspath(output), force)
     if jobs[0].method == "exact":
+        for j in jobs:
+            mergecheck.check_finite(j)
         res = _exact_run(jobs, cfg)
     else:
         res, _ = _ctwa_run(jobs, cfg, mode)
+    res.extra.pop("model_content_hash", None)
+    if jobs[0].model_hash:      # the data the jobs ran with (checked equal in all of them)
+        res.extra["model_content_hash"] = jobs[0].model_hash
     res.wall_time = float(sum(j.data["attrs"].get("wall_time_s", 0.0) for j in jobs))
     res.extra["merged_from"] = [
         f"{os.path.abspath(j.path)} (realizations [{j.realizations[0]}, {j.realizations[1]}), "
@@ -316,7 +356,11 @@ def merge(paths, output, force=False):
         f"git {j.data['attrs'].get('git_revision')})"
         for j in jobs]
     res.extra["merge_mode"] = mode
-    hdf5.write_result(os.fspath(output), res, force=force)
+    try:
+        guards.check_free_space(out, guards.result_bytes(res), "the merged file")
+    except ValueError as exc:
+        raise MergeError(_as_merge(exc)) from None
+    hdf5.write_result(out, res, force=force)
     return res
 
 
@@ -329,6 +373,10 @@ def merge_command(args):
         print(f"ctwa-hpc: error: {msg if msg.startswith('merge') else 'merge: ' + msg}",
               file=sys.stderr)
         return 2
+    except OSError as exc:      # the write failed (disk full, I/O error): nothing written
+        print(f"ctwa-hpc: error: merge: -o {args.output}: cannot write the merged file "
+              f"({exc.strerror or exc}); nothing was written", file=sys.stderr)
+        return 1
     d, m = res.cfg["disorder"], res.cfg["method"]
     print(f"merged {len(args.inputs)} files ({res.extra['merge_mode']}) into {args.output}: "
           f"realizations [{d['first']}, {d['first'] + d['realizations']}), samples "

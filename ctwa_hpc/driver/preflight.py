@@ -67,7 +67,7 @@ from ..tools import parallel
 from ..method import stats
 from .. import config
 from . import guards
-from .nodeinfo import memory_available, process_rss, ranks_on_node
+from ..tools.nodeinfo import memory_available, memory_limit, process_rss, ranks_on_node
 from .runner import Simulation
 
 log = logging.getLogger("ctwa_hpc")
@@ -140,7 +140,8 @@ def estimate(sim, comm=None, ranks=None, node_ranks=None, calibrate_time=True):
 def _rows_held(sim, obs, est):
     """(bytes of one row's sums, rows in flight on a rank, whether /moments is kept)."""
     P, rows = est["ranks"], est["replicas"]
-    row = 8 * (1 + est["n_times"] * (3 * est["columns"] + est["cross"]))
+    row = 8 * (1 + est["n_times"] * (3 * est["columns"] + est["cross"])) + \
+        stats.group_bytes(est["n_times"], obs.n_grouped)
     stop_rule = bool((sim.cfg.get("stop") or {}).get("stderr_target"))
     # rows in flight: the current one and a boundary fragment; with a stopping rule every
     # row a rank worked on in a stage stays a fragment until the stage's consolidation
@@ -162,15 +163,7 @@ def _file_parts(sim, obs, est, row, keep):
     return per_time, parts
 
 
-def _memory_limit(out_cfg):
-    """(limit per rank in bytes or None, its source) from ``output.max_memory_gb``."""
-    user = float(out_cfg.get("max_memory_gb") or 0.0)
-    if user < 0 or not math.isfinite(user):
-        raise ConfigError(f"output.max_memory_gb: must be >= 0 (0: node memory), got {user}")
-    limit = int(user * 2**30) if user > 0 else None
-    source = (f"output.max_memory_gb = {user:g}" if limit else
-              "none (output.max_memory_gb = 0: the node's MemAvailable)")
-    return limit, source
+_memory_limit = memory_limit   # (limit per rank or None, its source): output.max_memory_gb
 
 
 def _memory(sim, plan, obs, est, held, sizes):
@@ -379,7 +372,7 @@ def estimate_command(args):
         if args.ranks is not None and args.ranks < 1:
             raise ConfigError(f"--ranks: must be >= 1, got {args.ranks}")
         cfg = config.load(args.config, args.set)
-        guards.check_time_grid(cfg)
+        guards.check_time_grid(cfg, node_ranks=args.ranks_per_node)
         sim = Simulation(cfg, parallel.SerialComm(), quiet=True)
         if sim.method == "exact":
             raise ConfigError("method.kind: 'exact' runs have no CTWA estimate")
@@ -392,8 +385,13 @@ def estimate_command(args):
     for line in lines(est):
         print(line)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(est, fh, indent=1, default=str)
+        try:
+            with open(args.json, "w") as fh:
+                json.dump(est, fh, indent=1, default=str)
+        except OSError as exc:
+            print(f"ctwa-hpc: error: --json: cannot write {args.json}: "
+                  f"{exc.strerror or exc}; give a writable path", file=sys.stderr)
+            return 2
     try:
         check(est)
     except ConfigError as exc:

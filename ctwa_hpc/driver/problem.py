@@ -187,7 +187,7 @@ class RunSetup:
     def new_moments(self):
         obs = self.observable_set(0)
         return obs, stats.Moments.zeros(self.n_replicas, len(self.times), obs.n_stat_columns,
-                                        obs.cross)
+                                        obs.cross, stats.grouped_columns(obs.outputs))
 
     MOMENTS_AUTO_BYTES = 256 * 2 ** 20   # output.moments = "auto": store /moments up to this
 
@@ -195,7 +195,8 @@ class RunSetup:
         """Bytes of the moment sums of all rows (count, s1, s2, shift, sx)."""
         obs = obs or self.observable_set(0)
         K, P = obs.n_stat_columns, len(obs.cross)
-        return 8 * self.n_replicas * (1 + len(self.times) * (3 * K + P))
+        return 8 * self.n_replicas * (1 + len(self.times) * (3 * K + P)) + \
+            self.n_replicas * stats.group_bytes(len(self.times), obs.n_grouped)
 
     def keep_moments(self, obs=None):
         """Whether the sums of every row are kept for ``/moments`` (``output.moments``)."""

@@ -120,7 +120,8 @@ class ResultAssembly:
             if inst.couplings is not None:
                 n_keys = len(inst.couplings)
                 if R * N * N * n_keys <= self.MAX_STORED_COUPLINGS:
-                    for key, J in inst.couplings.items():
+                    dense = getattr(inst.couplings, "dense", None)   # coupling lists: small N
+                    for key, J in (dense() if dense else inst.couplings).items():
                         coup.setdefault(key, np.zeros((n, N, N)))[i] = J
         if not pos:
             return dict(realization_index=np.zeros(0, np.int64))

@@ -13,10 +13,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..method import stats
+from ..method.moments import N_GROUPS
 
 
 class RowState:
     """Mixin of :class:`~ctwa_hpc.driver.rowstore.RowStore`: its state as checkpoint arrays."""
+
+    @property
+    def moment_keys(self):
+        """The arrays of this store's Moments (with the sample-group sums of renyi2_pairs)."""
+        return stats.Moments.KEYS + (stats.Moments.GROUP_KEYS if self.grouped is not None
+                                     else ())
 
     # -- checkpoint state -------------------------------------------------------------------------
     def state_arrays(self):
@@ -27,7 +34,7 @@ class RowState:
              "frag_nitems": np.asarray([len(self.frags[r][1]) for r in frows], dtype=np.int64),
              "frag_items": np.asarray([i for r in frows for i in sorted(self.frags[r][1])],
                                       dtype=np.int64)}
-        stack = stats.Moments.zeros(F, self.n_t, self.n_cols, self.cross)
+        stack = stats.Moments.zeros(F, self.n_t, self.n_cols, self.cross, self.grouped)
         for j, r in enumerate(frows):
             stack.merge_row(j, self.frags[r][0], 0)
         for k, v in stack.arrays().items():
@@ -40,7 +47,8 @@ class RowState:
                 parts = [self.done[r]["est"][name][j] for r in drows]
                 a[f"est_{what}_{name}"] = np.asarray(parts) if parts else np.zeros(0)
         if self.keep_moments:
-            dm = stats.Moments.zeros(len(drows), self.n_t, self.n_cols, self.cross)
+            dm = stats.Moments.zeros(len(drows), self.n_t, self.n_cols, self.cross,
+                                     self.grouped)
             for j, r in enumerate(drows):
                 if self.done[r]["moments"] is not None:
                     dm.merge_row(j, self.done[r]["moments"], 0)
@@ -52,7 +60,8 @@ class RowState:
         """Raise ValueError naming the fault unless the state ``a`` of file ``name`` is
         self-consistent (items in range and in their rows, counts = items, finite sums)."""
         need = ["frag_rows", "frag_nitems", "frag_items", "done_rows", "done_count"]
-        need += [f"frag_{k}" for k in stats.Moments.KEYS]
+        keys = self.moment_keys
+        need += [f"frag_{k}" for k in keys]
         need += [f"est_{w}_{n}" for n in self.outputs for w in ("mean", "se")]
         missing = [k for k in need if k not in a]
         if missing:
@@ -76,6 +85,9 @@ class RowState:
         shapes = {"count": (F,), "s1": (F, self.n_t, self.n_cols),
                   "s2": (F, self.n_t, self.n_cols), "shift": (F, self.n_t, self.n_cols),
                   "sx": (F, self.n_t, len(self.cross))}
+        if self.grouped is not None:
+            shapes.update(gcount=(F, N_GROUPS),
+                          gs1=(F, self.n_t, N_GROUPS, len(self.grouped)))
         for k, shp in shapes.items():
             v = np.asarray(a[f"frag_{k}"])
             if v.shape != shp:
@@ -97,7 +109,9 @@ class RowState:
         expect = np.bincount(np.searchsorted(frows, owner) if F else np.zeros(0, np.int64),
                              weights=np.array([self.plan.samples_in(int(i)) // per
                                                for i in items], dtype=float), minlength=F)
-        if not np.array_equal(expect, np.asarray(a["frag_count"])):
+        if not np.array_equal(expect, np.asarray(a["frag_count"])) or (
+                self.grouped is not None and
+                not np.array_equal(np.sum(a["frag_gcount"], axis=-1), expect)):
             raise ValueError(f"checkpoint file {name}: its sample counts do not match its "
                              f"{len(items)} finished work blocks")
         full = float(sum(self.plan.samples_in(b) // per for b in range(self.B)))
@@ -111,7 +125,7 @@ class RowState:
                     raise ValueError(f"checkpoint file {name}: est_{w}_{nm} has {v.shape[:1]} "
                                      f"rows, {D} expected")
         if self.keep_moments:
-            for k in stats.Moments.KEYS:
+            for k in keys:
                 key = f"done_{k}"
                 if key not in a or np.asarray(a[key]).shape[:1] != (D,):
                     raise ValueError(f"checkpoint file {name}: {key} missing or of the wrong "
@@ -123,15 +137,16 @@ class RowState:
         """Take over the (checked) state of a checkpoint file."""
         frows, nitems, items = (np.asarray(a[k], dtype=np.int64) for k in
                                 ("frag_rows", "frag_nitems", "frag_items"))
-        stack = stats.Moments.from_arrays({k: a[f"frag_{k}"] for k in stats.Moments.KEYS},
-                                          self.cross)
+        keys = self.moment_keys
+        stack = stats.Moments.from_arrays({k: a[f"frag_{k}"] for k in keys}, self.cross,
+                                          self.grouped)
         pos = np.concatenate([[0], np.cumsum(nitems)])
         for j, row in enumerate(frows.tolist()):
             self._merge_fragment(row, stack.take([j]), items[pos[j]:pos[j + 1]].tolist())
         dm = None
         if self.keep_moments:
-            dm = stats.Moments.from_arrays({k: a[f"done_{k}"] for k in stats.Moments.KEYS},
-                                           self.cross)
+            dm = stats.Moments.from_arrays({k: a[f"done_{k}"] for k in keys}, self.cross,
+                                           self.grouped)
         for j, row in enumerate(np.asarray(a["done_rows"], dtype=np.int64).tolist()):
             if row in self.done or row in self.frags:
                 raise ValueError(f"two checkpoint files contain the same work blocks of row "

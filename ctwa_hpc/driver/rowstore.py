@@ -51,11 +51,12 @@ class RowStore(RowState):
 
     ``outputs``: the ObservableSet outputs {name: Output}; ``plan``: the WorkPlan;
     ``unit``: count added per sample (1/2 with antithetic pairs); ``keep_moments``: keep the
-    sums of done rows (for ``/moments``).
+    sums of done rows (for ``/moments``); ``first_sample``: the global index of the plan's
+    sample 0 (``method.first_sample``: it places the units in their sample groups).
     """
 
     def __init__(self, outputs, plan, n_t, n_cols, cross, antithetic=False,
-                 keep_moments=False, deterministic=False):
+                 keep_moments=False, deterministic=False, first_sample=0):
         self.outputs = outputs
         self.plan = plan
         self.O, self.B = plan.n_offsets, plan.blocks_per_row
@@ -64,13 +65,15 @@ class RowStore(RowState):
         self.antithetic = bool(antithetic)
         self.keep_moments = bool(keep_moments)
         self.deterministic = bool(deterministic)
+        self.first_sample = int(first_sample)
+        self.grouped = stats.grouped_columns(outputs)
         self.compiled = True      # the Cython accumulation (False: the NumPy twin)
         self.frags = {}   # row -> [Moments (1 row), list of item indices]
         self.done = {}    # row -> {"count": float, "est": {name: (mean, se)}, "moments": M|None}
 
     # -- accumulation ------------------------------------------------------------------------
     def _new(self):
-        return stats.Moments.zeros(1, self.n_t, self.n_cols, self.cross)
+        return stats.Moments.zeros(1, self.n_t, self.n_cols, self.cross, self.grouped)
 
     def add(self, k, row, cols):
         """Add the per-sample columns (n_t, K, S) of work item k (of ``row``)."""
@@ -79,7 +82,9 @@ class RowStore(RowState):
             if row in self.done:
                 raise RuntimeError(f"work item {k}: row {row} is already complete")
             frag = self.frags[row] = [self._new(), []]
-        frag[0].add(0, cols, antithetic=self.antithetic, compiled=self.compiled)
+        unit = (self.first_sample + self.plan[k].start) // (2 if self.antithetic else 1)
+        frag[0].add(0, cols, antithetic=self.antithetic, compiled=self.compiled,
+                    first_unit=unit)
         frag[1].append(int(k))
         if len(frag[1]) == self.B:
             self._finish(row)
@@ -94,9 +99,10 @@ class RowStore(RowState):
         return {name: (np.array(m[0]), np.array(s[0])) for name, (m, s) in est.items()}
 
     def shapes(self):
-        """{name: (mean, se)} of an empty row: NaN arrays with every output's shape."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return self._estimate(self._new())
+        """{name: (n_t, ...)}: the shape of one row's values of every output, from the
+        observable definitions (no estimator runs on an empty row: a rank that owns no
+        realization has no data to form them from)."""
+        return {name: (self.n_t,) + tuple(out.components) for name, out in self.outputs.items()}
 
     @property
     def n_items(self):
@@ -212,11 +218,11 @@ class RowStore(RowState):
                     vals[name] = (np.empty((n,) + m.shape), np.empty((n,) + m.shape))
                 vals[name][0][i], vals[name][1][i] = m, s
         if not vals:  # no realization here: empty arrays of the right trailing shapes
-            for name, (m, _) in self.shapes().items():
-                vals[name] = (np.empty((0,) + m.shape), np.empty((0,) + m.shape))
+            for name, shape in self.shapes().items():
+                vals[name] = (np.empty((0,) + shape), np.empty((0,) + shape))
         mom = None
         if self.keep_moments:
-            mom = stats.Moments.zeros(n * O, self.n_t, self.n_cols, self.cross)
+            mom = stats.Moments.zeros(n * O, self.n_t, self.n_cols, self.cross, self.grouped)
             for i in range(n * O):
                 d = self.done.get(lo * O + i)
                 if d is not None and d["moments"] is not None:

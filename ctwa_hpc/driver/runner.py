@@ -54,7 +54,8 @@ class Simulation(RunSetup, ResultAssembly):
         store = rowstore.RowStore(obs.outputs, self.plan_work(), len(self.times),
                                   obs.n_stat_columns, obs.cross, antithetic=self.antithetic,
                                   keep_moments=self.keep_moments(obs),
-                                  deterministic=self.deterministic)
+                                  deterministic=self.deterministic,
+                                  first_sample=self.cfg["method"]["first_sample"])
         store.compiled = self.backend != "numpy"
         return obs, store
 

@@ -1,16 +1,21 @@
 """One run as stages, shared by ``ctwa-hpc run``/``exact`` and ``ctwa_hpc.run``:
 
-1. **set-up** on every rank without any collective: the output path against the inputs,
-   the time grid, the :class:`~ctwa_hpc.driver.runner.Simulation` (realization 0 is built, so
-   model, state, observable and cluster errors name their field), the kernel backend and the
-   pre-flight estimate (:func:`~ctwa_hpc.driver.preflight.gate`: memory, run time, refusal).
-   Failures are gathered (allgather), so a rank-local error (a config not visible on one
-   node, a kernel not loadable) stops every rank and rank 0 reports the failing rank;
+1. **set-up** on every rank without any collective: the output path against the config and
+   every input file, the time grid, a lower bound of one work block (a large set-up is
+   announced, an impossible one refused, before it is built), the
+   :class:`~ctwa_hpc.driver.runner.Simulation` (realization 0 is built, so model, state,
+   observable and cluster errors name their field), the memory of an exact reference, the
+   kernel backend and the pre-flight estimate (:func:`~ctwa_hpc.driver.preflight.gate`:
+   memory, run time, refusal).  Failures are gathered (allgather), so a rank-local error (a
+   config not visible on one node, a kernel not loadable) stops every rank and rank 0
+   reports the failing rank.  A stop signal ends the set-up at once (exit 3, nothing written);
 2. **decision** on rank 0, broadcast: the output lock, stale temporaries, an existing output
    (refused without ``force``; with ``resume`` a finished output ends the run), free space;
 3. **work**, collective inside the runner.  An error on one rank cannot be agreed on: that
    rank reports it, marks the checkpoint failed and aborts the job with its code;
 4. **write**: final checkpoint save, free-space check (rank 0, broadcast), the output file.
+   A disk that fills up during the serial or gather write is one error known to every rank
+   (exit 1, the temporary removed, the checkpoint kept for ``--resume``).
 
 Both faces refuse the same things at the same moment, before any expensive work: the CLI turns
 a :class:`RunError` into its message and exit code, the API re-raises the original exception
@@ -18,14 +23,16 @@ a :class:`RunError` into its message and exit code, the API re-raises the origin
 
 Exit codes (:attr:`RunError.code`): 2 bad input or refused, 1 unexpected error or the output
 could not be written (the checkpoint keeps every finished block), 3 interrupted with a
-checkpoint saved (``EXIT_INTERRUPTED``).
+checkpoint saved (``EXIT_INTERRUPTED``), or during the set-up before anything was written.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -124,34 +131,56 @@ class Session:
         bad = [(k, e, c) for k, (e, c) in enumerate(gathered) if e]
         if not bad:
             return
+        stop = checkpoint.EXIT_INTERRUPTED   # a stop signal: only if no rank has an error
+        code = max((c for _, _, c in bad if c != stop), default=stop)
         lines, shown = [], set()
-        for k, e, _ in bad:
+        for k, e, c in bad:
             if e not in shown:
                 shown.add(e)
-                lines.append(("" if len(bad) == len(gathered) else f" (rank {k})", e))
-        raise RunError(lines, max(c for _, _, c in bad), exc)
+                where = "" if len(bad) == len(gathered) else f" (rank {k})"
+                lines.append((None if c == stop else where, e))
+        raise RunError(lines, code, exc)
 
     def _set_up_local(self):
-        """(error message or None, exit code, exception) of this rank; never raises."""
+        """(error message or None, exit code, exception) of this rank; never raises.  Stop
+        signals end the set-up at once (nothing is done yet: exit 3 without a checkpoint)."""
         try:
-            self.cfg = self.resolve()
-            if self.write:
-                guards.check_output_path(self.path, self.config_path)
-            guards.check_time_grid(self.cfg)
-            self.sim = Simulation(self.cfg, self.comm, backend=self.backend, quiet=self.quiet)
-            self.sim.progress_bar = self.progress_bar
-            guards.check_simulation(self.sim)  # model/observable errors with their field
-            if not self.exact:
-                self.sim.backend_used()  # method.backend = "cython" without a build fails here
-                est = preflight.gate(self.sim, self.comm, ignore=self.ignore_limits)
-                # disk: the output plus two checkpoint generations (the switch keeps the old)
-                self._disk_bytes = est["output"] + 2 * est["checkpoint_per_save"]
+            with self.flag.during_setup() if self.flag is not None else contextlib.nullcontext():
+                self._set_up_stages()
+        except checkpoint.SetupInterrupted as exc:
+            return (f"stop requested ({exc}) during the set-up: stopped before any work, "
+                    "nothing was written (no checkpoint, no output); run the same command "
+                    "again to start", checkpoint.EXIT_INTERRUPTED, exc)
         except INPUT_ERRORS as exc:
             return message(exc), 2, exc
         except Exception as exc:  # a bug: keep the traceback, but do not hang the other ranks
             traceback.print_exc()
             return f"unexpected {type(exc).__name__}: {message(exc)}", 1, exc
         return None, 0, None
+
+    def _set_up_stages(self):
+        """The checks of stage 1, cheapest first: a large set-up is announced (or refused)
+        before it is built, and every stage that takes long says so when it is done."""
+        self.cfg = cfg = self.resolve()
+        if self.write:
+            guards.check_output_path(self.path, self.config_path, guards.input_files(cfg))
+        guards.check_time_grid(cfg, self.comm)
+        loud = self.comm.rank == 0 and not self.quiet
+        if cfg["method"]["kind"] != "exact":
+            guards.check_setup_size(cfg, self.comm, self.ignore_limits, announce=loud)
+        t0 = time.monotonic()
+        self.sim = Simulation(cfg, self.comm, backend=self.backend, quiet=self.quiet)
+        self.sim.progress_bar = self.progress_bar
+        t0 = _stage_done(loud, t0, "realization 0 built (model, state, observables, clusters)")
+        guards.check_simulation(self.sim)  # model/observable errors with their field
+        _stage_done(loud, t0, "realization 0 checked and compiled")
+        if self.exact or cfg["output"]["compare_exact"]:
+            guards.check_exact_memory(self.sim, self.comm, self.ignore_limits)
+        if not self.exact:
+            self.sim.backend_used()  # method.backend = "cython" without a build fails here
+            est = preflight.gate(self.sim, self.comm, ignore=self.ignore_limits)
+            # disk: the output plus two checkpoint generations (the switch keeps the old)
+            self._disk_bytes = est["output"] + 2 * est["checkpoint_per_save"]
 
     def decide(self):
         """Stage 2: rank 0 takes the lock and decides; False when there is nothing to do."""
@@ -242,9 +271,8 @@ class Session:
                 except ValueError as exc:
                     verdict = message(exc)
             verdict = comm.bcast(verdict, root=0)
-            if verdict:
-                raise OSError(verdict + (f"; the checkpoint {ck.dir} is kept: free space and "
-                                         "run the same command with --resume" if ck else ""))
+            if verdict:   # the same on every rank
+                raise hdf5.OutputWriteError(verdict)
             hdf5.write_output(self.path, self.result, comm, rows=sim.rows, force=self.force)
         except Exception as exc:
             self.fail(exc, writing=True)
@@ -265,30 +293,49 @@ class Session:
         holds nothing), the temporaries and the lock removed; on one process the error is
         raised as :class:`RunError`, under MPI this rank reports it and aborts the job."""
         comm, ck = self.comm, self.ck
-        if writing:  # keep the failed h5py objects alive until os._exit (see cli.main)
+        # the serial/gather writer's failure is known to every rank and leaves HDF5 sound;
+        # after a failed mpio write keep the h5py objects alive until os._exit (see cli.main)
+        agreed = isinstance(exc, hdf5.OutputWriteError)
+        if writing and not agreed:
             self.hard_exit = exc
         code = 2 if isinstance(exc, (ValueError, ArithmeticError)) and not writing else 1
         if code == 1 and not isinstance(exc, (OSError, RuntimeError) if writing else OSError):
             traceback.print_exc()
-        where = f" (rank {comm.rank})" if comm.size > 1 else ""
-        lines = [(where, message(exc))]
+        where = f" (rank {comm.rank})" if comm.size > 1 and not agreed else ""
+        text = message(exc)
+        if writing and not agreed:   # parallel HDF5's own words: add the room left
+            d = os.path.dirname(os.path.abspath(self.path))
+            try:
+                text += f" ({shutil.disk_usage(d).free / 2**20:.3g} MiB free in {d})"
+            except OSError:
+                pass
+        lines = [(where, text)]
         if ck is not None:
             if comm.size == 1 and not ck.items_saved and ck.generation == 0:
                 ck.remove()  # nothing finished: leave no state behind
             else:
-                ck.mark_failed(message(exc))
+                if not agreed or comm.rank == 0:
+                    ck.mark_failed(message(exc))
                 lines.append((None, f"the checkpoint {ck.dir} keeps the finished work blocks: "
                               "after fixing the cause, run the same command with --resume (a "
-                              "changed configuration starts from the beginning)"))
+                              "changed configuration must discard them with --force)"))
         if comm.rank == 0 and self.write:
             guards.remove_output_temporaries(self.path)
             if self.lock is not None:
                 self.lock.release()
                 self.lock = None
-        if comm.size > 1:
+        if comm.size > 1 and not agreed:
             report(lines, comm, everywhere=True)
             parallel.abort(comm, code)  # other ranks may be waiting inside a collective
         raise RunError(lines, code, exc) from exc
+
+
+def _stage_done(loud, t0, what):
+    """Log a set-up stage that took more than 2 s (rank 0); the time now."""
+    now = time.monotonic()
+    if loud and now - t0 > 2.0:
+        log.info("set-up: %s in %.1f s", what, now - t0)
+    return now
 
 
 def report(lines, comm, everywhere=False):

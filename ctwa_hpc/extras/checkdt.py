@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import config as config_mod
 from ..tools import parallel
+from ..driver import guards, preflight
 from ..driver.runner import Simulation
 from ..tools.log import setup_logging
 
@@ -43,13 +44,14 @@ def check_configs(cfg, samples=None, realizations=None):
     if meth["kind"] == "exact":
         raise config_mod.ConfigError("method.kind: check-dt compares CTWA integrations; the "
                                      "exact method has no time step")
-    S = int(samples) if samples else min(meth["samples"], 100)
+    S = int(samples) if samples is not None else min(meth["samples"], 100)
     if S < 1:
-        raise config_mod.ConfigError(f"check-dt --samples: must be >= 1, got {S}")
+        raise config_mod.ConfigError(f"check-dt --samples: must be >= 1, got {S} (omit it for "
+                                     "the default min(method.samples, 100))")
     if meth["antithetic"] and S % 2:
         S += 1
     R_full = cfg["disorder"]["realizations"]
-    R = int(realizations) if realizations else min(R_full, 2)
+    R = int(realizations) if realizations is not None else min(R_full, 2)
     if not 1 <= R <= R_full:
         raise config_mod.ConfigError(f"check-dt --realizations: must lie in 1..{R_full} "
                                      f"(disorder.realizations), got {R}")
@@ -112,20 +114,42 @@ def verdict(worst, dt, deterministic=False):
                    f"suggests dt <= {suggest:.3g} for < {ADEQUATE:g} σ")
 
 
-def check_dt(cfg, samples=None, realizations=None, comm=None, quiet=True):
+def prepare(cfg, samples=None, realizations=None, comm=None, quiet=True, ignore_limits=False):
+    """The two simulations of the check, refused before any work by the guards and the
+    pre-flight estimate of ``ctwa-hpc run`` (on the dt/2 run, the larger; every rank, no
+    collective): ConfigError naming the field (``--samples``/``--realizations`` set
+    ``method.samples``/``disorder.realizations`` of the check)."""
+    comm = comm if comm is not None else parallel.SerialComm()
+    a, b = check_configs(cfg, samples, realizations)
+    guards.check_time_grid(b, comm)
+    sims = [Simulation(c, comm, quiet=quiet) for c in (a, b)]
+    guards.check_simulation(sims[1])
+    try:
+        preflight.gate(sims[1], comm, ignore=ignore_limits)
+    except config_mod.ConfigError as exc:
+        raise config_mod.ConfigError(
+            f"check-dt --samples/--realizations: the check (S = {a['method']['samples']} "
+            f"samples x R = {a['disorder']['realizations']} realization(s), at dt and dt/2) is "
+            f"refused by the pre-flight estimate: {exc}") from None
+    return sims
+
+
+def check_dt(cfg, samples=None, realizations=None, comm=None, quiet=True, sims=None):
     """Run the check (collective under MPI); the report dict on rank 0, None elsewhere.
+    ``sims``: from :func:`prepare` (default: prepared here).
 
     Keys: dt, samples, realizations (of the check), production (S, R), rows (per output:
     max_delta, sigma, ratio_check, ratio (vs the production σ), t), adequate, advice.
     """
     comm = comm if comm is not None else parallel.SerialComm()
-    a, b = check_configs(cfg, samples, realizations)
+    sims = sims or prepare(cfg, samples, realizations, comm, quiet)
+    a = sims[0].cfg
     results = []
-    for k, c in enumerate((a, b)):
+    for k, sim in enumerate(sims):
+        c = sim.cfg
         if comm.rank == 0:
             log.info("check-dt: run %d/2 at dt = %g: %d samples x %d realization(s)", k + 1,
                      c["time"]["dt"], c["method"]["samples"], c["disorder"]["realizations"])
-        sim = Simulation(c, comm, quiet=quiet)
         results.append(sim.run())
     if comm.rank != 0:
         return None
@@ -155,16 +179,34 @@ def format_report(rep):
     return "\n".join(lines)
 
 
+INPUT_ERRORS = (ValueError, ArithmeticError, RuntimeError, OSError, ImportError)
+
+
 def check_dt_command(args):
-    """``ctwa-hpc check-dt CONFIG [--samples S] [--realizations R] [--set ...]``."""
+    """``ctwa-hpc check-dt CONFIG [--samples S] [--realizations R] [--set ...]``: exit 2 with
+    the message for bad input, a refused check or an error of the runs (e.g. a non-finite
+    trajectory: the same message as ``ctwa-hpc run``)."""
     comm = parallel.get_comm()
     setup_logging(comm, args.quiet)
-    try:
+    err = None
+    try:   # no collective yet: the errors of every rank are gathered, all ranks exit 2
         cfg = config_mod.load(args.config, list(args.set))
-        rep = check_dt(cfg, args.samples, args.realizations, comm, quiet=True)
-    except (ValueError, RuntimeError) as exc:
+        sims = prepare(cfg, args.samples, args.realizations, comm, quiet=True)
+    except INPUT_ERRORS as exc:
+        err = str(exc)
+    errors = parallel.agree(comm, err)
+    if any(errors):
         if comm.rank == 0:
-            print(f"ctwa-hpc: error: {exc}", file=sys.stderr)
+            k, text = next((k, e) for k, e in enumerate(errors) if e)
+            where = "" if all(errors) or comm.size == 1 else f" (rank {k})"
+            print(f"ctwa-hpc: error{where}: {text}", file=sys.stderr)
+        return 2
+    try:
+        rep = check_dt(cfg, args.samples, args.realizations, comm, quiet=True, sims=sims)
+    except INPUT_ERRORS as exc:   # on this rank only: the others may wait in a collective
+        where = f" (rank {comm.rank})" if comm.size > 1 else ""
+        print(f"ctwa-hpc: error{where}: {exc}", file=sys.stderr)
+        parallel.abort(comm, 2)
         return 2
     if rep is not None:
         print(format_report(rep))

@@ -383,7 +383,7 @@ def partitions(cfg, inst):
         d = len(shape)
         return [Partition.from_lists(n, geometry.plaquettes(geom, shape, offset=(o,) * d))
                 for o in meth["offsets"]]
-    strength = inst.hamiltonian.pair_strength()
+    si, sj, sv = inst.hamiltonian.pair_strength_lists()   # no (N, N) matrix for large N
     if how == "strongest_pairs":
-        return [Partition.from_lists(n, geometry.strongest_pairs(strength))]
-    return [Partition.from_lists(n, geometry.greedy(strength, meth["cluster_size"]))]
+        return [Partition.from_lists(n, geometry.strongest_pairs_lists(n, si, sj, sv))]
+    return [Partition.from_lists(n, geometry.greedy_lists(n, si, sj, sv, meth["cluster_size"]))]

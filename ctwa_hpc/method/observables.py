@@ -24,7 +24,8 @@ Named observables (``observables.names`` in a run file); s_i is the staggered si
                     (ξ² = 1 for a coherent spin state, < 1 squeezed); delta-method stderr
 ``renyi2_pairs``    −log2 Tr ρ_ij² averaged over all N(N−1)/2 pairs i < j, with
                     Tr ρ_ij² = (1 + Σ_P ⟨P⟩²)/4 (PRB 110, 054204; Monte Carlo: ⟨P⟩² → its
-                    unbiased estimate); stderr: an upper bound (:mod:`ctwa_hpc.method.stats`)
+                    unbiased estimate); stderr: delta method, variance from 16 sample groups
+                    (:mod:`ctwa_hpc.method.stats`)
 ``czz``             ⟨σ^z_i σ^z_j⟩ for the configured site pairs, shape (n_pairs,)
 ``czz_connected``   ⟨σ^z_i σ^z_j⟩ − ⟨σ^z_i⟩⟨σ^z_j⟩, eqs. (46)–(48); standard error by the
                     delta method from the cross moments of the three columns
@@ -49,6 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .clusters import EntryTable
+from .moments import grouped_columns
 from .obsspec import (check_pair, check_positions, check_qs, check_signs, check_subsystems,
                       parse_custom, parse_kick)
 
@@ -76,6 +78,15 @@ class Output:
     description: str = ""
     labels: list = field(default_factory=list)
     params: dict = field(default_factory=dict)
+
+    @property
+    def components(self):
+        """The shape of one time of this output, from its definition (never from data): one
+        value per column, triple or subsystem row; (1,) for ``squeezing`` and
+        ``renyi2_pairs``."""
+        if self.kind in ("squeezing", "renyi2_pairs"):
+            return (1,)
+        return (len(self.cols),)
 
 
 class ObservableSet:
@@ -276,7 +287,8 @@ class ObservableSet:
 
     def _add_renyi2_pairs(self):
         """``renyi2_pairs``: 15 Pauli columns per pair i < j (3N + 9·N(N−1)/2 columns, shared
-        single-site columns), no cross moments (the stderr is a bound, see stats)."""
+        single-site columns), no cross moments: their sums are also kept per sample group
+        (:mod:`ctwa_hpc.method.moments`), from which stats forms the stderr."""
         n = self.n_sites
         if n < 2:
             raise ValueError("observables.names: 'renyi2_pairs' needs at least 2 sites")
@@ -285,8 +297,8 @@ class ObservableSet:
             "renyi2_pairs", "renyi2_pairs", np.array(rows, dtype=np.int64),
             f"mean over all {n * (n - 1) // 2} pairs of -log2 Tr rho_ij^2, Tr rho^2 = "
             "(1 + sum_P <P>^2)/4 (Monte Carlo: <P>^2 -> m_P^2 - se_P^2, unbiased); stderr "
-            "within a realization: upper bound sum_k |w_k| se_k on the delta-method error "
-            "(weights w_k, no cross moments); over R >= 2 realizations: their spread")
+            "within a realization: delta method, the variance of the linearized estimator "
+            "from 16 interleaved sample groups; over R >= 2 realizations: their spread")
 
     def _add_two_time(self, kick):
         """Two-time outputs for every direct output Q, with O = ``kick`` at t = 0:
@@ -311,6 +323,12 @@ class ObservableSet:
     def n_columns(self):
         """Number of Pauli-string columns evaluated on trajectories (kernel columns)."""
         return len(self.columns)
+
+    @property
+    def n_grouped(self):
+        """Columns whose sums are also kept per sample group (``renyi2_pairs``)."""
+        g = grouped_columns(self.outputs)
+        return 0 if g is None else len(g)
 
     @property
     def n_stat_columns(self):

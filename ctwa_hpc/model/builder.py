@@ -9,7 +9,9 @@ chain kinds     ``tfim``, ``ising_chaotic``, ``heisenberg``, ``xy``, ``custom``
                 file (:mod:`ctwa_hpc.model.couplings`), optionally one set per realization
 ``lattice``     positions from :mod:`ctwa_hpc.model.geometry` (lattices, partially filled lattices,
                 random boxes, blockade, files) and couplings from an interaction law
-                (nearest neighbour, J/r^α, dipolar J(1 − 3cos²θ)/r³) with XXZ/XYZ anisotropy
+                (nearest neighbour, J/r^α, dipolar J(1 − 3cos²θ)/r³) with XXZ/XYZ anisotropy;
+                sized before they are built (:mod:`ctwa_hpc.model.latticesize`), and built
+                as coupling lists when short-range (nearest, or a cutoff)
 ==============  ============================================================================
 
 and, for every kind, ``model.fields`` (uniform, box-random or Gaussian fields on any
@@ -27,17 +29,26 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
+import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..tools.exceptions import ConfigError
-from . import geometry, models
+from . import geometry, latticesize, limits, models
 from .couplingfile import load_couplings
+from .geometry.pairs import PairCouplings
 from .hamiltonian import Hamiltonian, TimeFunction
+from .objects import (OBJECT_PREFIX, check_object, lookup, object_hash, object_sizes,  # noqa: F401
+                      register_object, short_repr)
 
 TAG_POSITIONS = 0x9051
 TAG_FIELDS = 0xF1E1D
+DENSE_VIEW_NUMBERS = 4_000_000
+"""Coupling lists of models up to this many N·N·families numbers are kept as (N, N) arrays in
+:attr:`ModelInstance.couplings` (the Hamiltonian is built from the lists either way)."""
 CHAIN_KINDS = ("tfim", "ising_chaotic", "heisenberg", "xy", "custom")
 GEOMETRY_KEYS = ("lattice", "size", "boundary", "spacing", "positions", "filling", "n_sites",
                  "box", "blockade_radius", "positions_file", "sublattice")
@@ -50,8 +61,12 @@ class ModelInstance:
 
     ``signs`` is the staggered sign per site (+1 on sublattice A, −1 on B; None on a
     non-bipartite geometry); ``positions`` the site positions (chain kinds: r_i = i).
-    ``couplings``/``fields`` are the coupling matrices and field vectors when the model was
-    given as data (stored in the output), else None.
+    ``couplings`` are the pair couplings of a lattice model (a dict of (N, N) arrays, or a
+    :class:`~ctwa_hpc.model.geometry.pairs.PairCouplings` of coupling lists for short-range
+    interactions), else None; ``fields`` {"x", "y", "z": (N,)} the full coefficient of σ^a_i
+    in H (every one-site term summed: model.fields, model.hx/hz, file fields, the h_z δ_i of
+    ``heisenberg``; a time-dependent term counts with its amplitude).  Both are stored in
+    the output's ``/disorder``.
     """
 
     hamiltonian: object
@@ -67,35 +82,20 @@ class ModelInstance:
         return self.hamiltonian.n_sites
 
 
-# Python objects given where a run file names a file (ctwa_hpc.run): the config holds a
-# reference "python:<content hash>" (so the config hash and provenance name the content).
-_OBJECTS = {}
-OBJECT_PREFIX = "python:"
+def _memory_gb(cfg):
+    return (cfg.get("output") or {}).get("max_memory_gb") or 0.0
 
 
-def register_object(obj):
-    """Keep ``obj`` (a Hamiltonian, list of Hamiltonians, Geometry or positions array) and
-    return the reference string that stands for it in a config."""
-    if isinstance(obj, np.ndarray):
-        digest = hashlib.sha256(np.ascontiguousarray(obj, dtype=float).tobytes()).hexdigest()
-    elif hasattr(obj, "positions") and not hasattr(obj, "terms"):
-        digest = hashlib.sha256(np.ascontiguousarray(obj.positions, dtype=float).tobytes()
-                                ).hexdigest()
-    else:
-        digest = object_hash(obj)
-    ref = OBJECT_PREFIX + digest[:32]
-    _OBJECTS[ref] = obj
-    return ref
-
-
-def lookup(value, where):
-    """The object behind a config value: a reference string → the registered object."""
-    if isinstance(value, str) and value.startswith(OBJECT_PREFIX):
-        if value not in _OBJECTS:
-            raise ConfigError(f"{where}: {value!r} refers to a Python object of another "
-                              "session (pass the object again through ctwa_hpc.run)")
-        return _OBJECTS[value]
-    return value
+def anchor_paths(model, base):
+    """Relative ``model.file`` / ``model.positions_file`` of a run file → paths in ``base``
+    (the run file's directory, never the working directory), stored in the config as read."""
+    if not isinstance(model, dict):
+        return
+    for k in ("file", "positions_file"):
+        v = model.get(k)
+        if isinstance(v, str) and v and not v.startswith(OBJECT_PREFIX) \
+                and not os.path.isabs(os.path.expanduser(v)):
+            model[k] = os.path.normpath(os.path.join(base, v))
 
 
 def rng_for(seed, realization, tag, k=0):
@@ -150,22 +150,22 @@ def resolve_model(cfg):
     if kind == "couplings":
         obj = lookup(m["file"], "model.file")
         if not isinstance(obj, str):   # an object passed through the Python API
-            n, n_file = _object_sizes(obj)
+            n, n_file = object_sizes(obj)
         else:
             try:
-                data = load_couplings(m["file"])
+                data = load_couplings(m["file"], max_memory_gb=_memory_gb(cfg))
             except (OSError, ValueError) as exc:
                 msg = str(exc)
                 raise ConfigError(msg if msg.startswith("model.file") else
                                   f"model.file: {msg}") from None
-            n, n_file = data.n_sites, data.n_realizations
+            n = data.n_sites
+            n_file = data.n_realizations if data.per_realization else None
         random = n_file is not None and n_file > 1
     elif kind == "lattice":
         try:
-            geom = build_geometry(m, rng_for(d["seed"], d["first"], TAG_POSITIONS))
+            geom, _ = lattice_parts(cfg, rng_for(d["seed"], d["first"], TAG_POSITIONS))
             random = geometry.positions_are_random(_geometry_spec(m)) \
                 if isinstance(m["positions_file"] or "", str) else False
-            geometry.build_couplings(geom, _interaction_spec(m))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         n = geom.n_sites
@@ -186,7 +186,7 @@ def resolve_model(cfg):
         if d["realizations"] < 1:
             raise ConfigError(f"disorder.first: {d['first']} leaves no realization of the "
                               f"{n_file} in model.file")
-    if n_file is not None and n_file > 1 and d["first"] + d["realizations"] > n_file:
+    if n_file is not None and d["first"] + d["realizations"] > n_file:
         raise ConfigError(f"disorder.realizations: realizations {d['first']}.."
                           f"{d['first'] + d['realizations'] - 1} requested, model.file holds "
                           f"{n_file}")
@@ -206,30 +206,42 @@ def resolve_model(cfg):
                           "random positions or per-realization couplings, or set it to 1)")
 
 
-def _object_sizes(obj):
-    """(n_sites, n_realizations) of a Hamiltonian or list of Hamiltonians given in Python."""
-    if isinstance(obj, (list, tuple)):
-        if not obj:
-            raise ConfigError("model.file: an empty list of Hamiltonians")
-        ns = {getattr(h, "n_sites", None) for h in obj}
-        if len(ns) != 1 or None in ns:
-            raise ConfigError("model.file: the Hamiltonians must all have the same n_sites")
-        return ns.pop(), len(obj)
-    if not hasattr(obj, "n_sites") or not hasattr(obj, "terms"):
-        raise ConfigError(f"model.file: expected a path, a Hamiltonian or a list of "
-                          f"Hamiltonians, got {type(obj).__name__}")
-    return obj.n_sites, None
+def lattice_parts(cfg, rng):
+    """(geometry, couplings) of a lattice model's realization, sized before they are built
+    (:mod:`ctwa_hpc.model.latticesize`): short-range couplings (nearest, or a cutoff) come as
+    coupling lists (:class:`~ctwa_hpc.model.geometry.pairs.PairCouplings`), never as (N, N)
+    arrays; a pair too strongly coupled for ``time.dt`` is refused."""
+    m = cfg["model"]
+    gb = _memory_gb(cfg)
+    dt = (cfg.get("time") or {}).get("dt")
+    # realization 0 is built by resolve_model and again by the run: the last build is kept for
+    # one reuse (the key leaves out n_sites, which resolve_model derives; another n_sites is
+    # another geometry)
+    key = json.dumps([{k: v for k, v in m.items() if k != "n_sites"}, gb, dt,
+                      rng.bit_generator.state], sort_keys=True, default=str)
+    hit = _LAST_PARTS.pop(key, None)
+    if hit is not None and m.get("n_sites") in (None, hit[0].n_sites):
+        return hit
+    budget = limits.memory_budget(gb)
+    spec = _interaction_spec(m)
+    n0 = latticesize.expected_sites(m)           # known before building (not for files)
+    latticesize.check_sites(m, n0, budget)
+    latticesize.check_dense(m, n0, spec, budget)
+    pf = m.get("positions_file")
+    if m.get("positions") == "file" and isinstance(pf, str) and not pf.startswith(OBJECT_PREFIX):
+        limits.check_file(pf, "model.positions_file", gb)     # before reading it
+    geom = build_geometry(m, rng)
+    latticesize.check_sites(m, geom.n_sites, budget)
+    max_pairs = latticesize.check_couplings(m, geom, spec, budget)
+    couplings = geometry.build_couplings(geom, spec, sparse=True, max_pairs=max_pairs,
+                                         where=latticesize.positions_field(m))
+    latticesize.check_strongest(m, couplings, geom, dt)
+    _LAST_PARTS.clear()
+    _LAST_PARTS[key] = (geom, couplings)
+    return geom, couplings
 
 
-def object_hash(obj):
-    """Content hash of a Hamiltonian (or list of them) given through the Python API."""
-    h = hashlib.sha256()
-    for ham in (obj if isinstance(obj, (list, tuple)) else [obj]):
-        h.update(str(ham.n_sites).encode())
-        for t in ham.terms:
-            h.update(repr((t.coef, t.ops, t.tfunc.expr if t.tfunc is not None else None))
-                     .encode())
-    return h.hexdigest()
+_LAST_PARTS = {}
 
 
 def _time_function(expr, where, params):
@@ -253,7 +265,13 @@ class ModelBuilder:
         for k, v in self.params.items():
             if not isinstance(k, str) or not k.isidentifier():
                 raise ConfigError(f"model.params.{k}: not a valid parameter name")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+            ok = not isinstance(v, bool) and isinstance(v, (int, float))
+            try:
+                ok = ok and math.isfinite(float(v))
+            except OverflowError:
+                raise ConfigError(f"model.params.{k}: {short_repr(v)} is too large (expected a "
+                                  "finite number, |x| < 1.8e308)") from None
+            if not ok:
                 raise ConfigError(f"model.params.{k}: expected a finite number, got {v!r}")
         if self.m["coupling_f"] and not isinstance(self.m["coupling_f"], dict):
             raise ConfigError("model.coupling_f: expected a table {family = expression}")
@@ -287,7 +305,7 @@ class ModelBuilder:
 
     def _couplings_file(self):
         if self._file is None:
-            self._file = load_couplings(self.m["file"])
+            self._file = load_couplings(self.m["file"], max_memory_gb=_memory_gb(self.cfg))
         return self._file
 
     def instance(self, r):
@@ -316,19 +334,24 @@ class ModelBuilder:
         elif self.kind == "couplings":
             H = self._from_file(r)
         else:
-            geom = build_geometry(m, rng_for(self.seed, rg, TAG_POSITIONS))
+            geom, couplings = lattice_parts(self.cfg, rng_for(self.seed, rg, TAG_POSITIONS))
             if geom.n_sites != n:
                 raise ValueError(f"model.n_sites: realization {rg} has {geom.n_sites} sites, "
                                  f"realization {self.first} has {n}")
-            couplings = geometry.build_couplings(geom, _interaction_spec(m))
             H = Hamiltonian.from_couplings(couplings, None, tfuncs=self.tfuncs or None,
                                            name=f"lattice:{m['lattice'] or m['positions']}",
                                            info=dict(realization=rg))
+            if isinstance(couplings, PairCouplings) and \
+                    n * n * max(len(couplings), 1) <= DENSE_VIEW_NUMBERS:
+                couplings = couplings.dense()     # small models keep the (N, N) view
             positions = np.asarray(geom.positions, dtype=float)
             signs = None if geom.sublattice is None else 1.0 - 2.0 * np.asarray(geom.sublattice)
         if self.kind in ("couplings", "lattice") and m["terms"]:
             models.add_terms(H, m["terms"], self.params)
-        fields = self._add_fields(H, rg)
+        self._add_fields(H, rg)
+        # the full coefficient of σ^a_i (model.fields and the rest), a = x, y, z: the same
+        # components for every realization (every rank writes the same /disorder datasets)
+        fields = H.one_site_fields(every=True)
         return ModelInstance(H, r, geom, couplings, fields, signs, positions)
 
     def _from_file(self, r):
@@ -338,16 +361,15 @@ class ModelBuilder:
                 return _copy(obj[self.global_realization(r)])
             return _copy(obj)
         data = self._couplings_file()
-        idx = self.global_realization(r) if data.n_realizations is not None else 0
+        idx = self.global_realization(r) if data.per_realization else 0   # shared arrays
         return data.hamiltonian(idx, tfuncs=self.tfuncs or None)
 
     def _add_fields(self, H, rg):
-        """``model.fields`` onto H; returns {component: (N,) static + dynamic amplitudes}."""
+        """``model.fields`` onto H."""
         specs = self.m["fields"]
         if not specs:
-            return {}
+            return
         n = H.n_sites
-        total = {}
         for k, spec in enumerate(specs):
             where = f"model.fields[{k}]"
             spec = dict(spec)
@@ -358,10 +380,8 @@ class ModelBuilder:
             tf = _time_function(f, where + ".f", self.params)
             for comp, v in vals.items():
                 v = np.asarray(v, dtype=float)
-                total[comp] = total.get(comp, 0.0) + v
                 for i in np.flatnonzero(v):
                     H.add(float(v[i]), [(int(i), comp.upper())], tf, where=where)
-        return total
 
 
 def _copy(H):

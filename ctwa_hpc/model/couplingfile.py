@@ -13,9 +13,12 @@ import io as _bytes_io
 import os
 from dataclasses import dataclass, field
 
+import zipfile
+
 import numpy as np
 
 from ..tools import h5
+from . import limits
 from .couplings import FILE_SUFFIXES, field_key, normalize_couplings, pair_key
 from .hamiltonian import Hamiltonian
 
@@ -23,7 +26,10 @@ from .hamiltonian import Hamiltonian
 @dataclass(frozen=True, eq=False)
 class CouplingsFile:
     """A validated couplings file: J arrays keyed "xx", ... ((N, N) or (R, N, N)), h arrays
-    keyed "x", ... ((N,) or (R, N)); arrays without a realization axis serve every realization."""
+    keyed "x", ... ((N,) or (R, N)); arrays without a realization axis serve every realization.
+
+    ``per_realization`` is False when no array has a realization axis: the file then serves
+    any number of realizations (``n_realizations`` is 1)."""
 
     path: str
     n_sites: int
@@ -32,11 +38,12 @@ class CouplingsFile:
     J: dict
     h: dict
     extra: dict = field(default_factory=dict)
+    per_realization: bool = True
 
     def arrays(self, r=0):
         """(J, h) of realization ``r``: dicts of (N, N) and (N,) arrays."""
-        if isinstance(r, bool) or not isinstance(r, (int, np.integer)) \
-                or not 0 <= r < self.n_realizations:
+        if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 0 \
+                or (self.per_realization and r >= self.n_realizations):
             raise ValueError(f"model.file ({self.path}): realization {r!r} does not exist (the "
                              f"file holds {self.n_realizations})")
         J = {k: (v[r] if v.ndim == 3 else v) for k, v in self.J.items()}
@@ -52,7 +59,8 @@ class CouplingsFile:
                                           where=f"model.file ({self.path})")
 
 
-def _file_bytes(path, where):
+def _file_bytes(path, where, max_memory_gb=0.0):
+    limits.check_file(path, where, max_memory_gb)
     try:
         with open(path, "rb") as fh:
             return fh.read()
@@ -60,45 +68,61 @@ def _file_bytes(path, where):
         raise ValueError(f"{where}: cannot read {path!r}: {exc.strerror or exc}") from None
 
 
-def load_couplings(path, where="model.file"):
+def load_couplings(path, where="model.file", max_memory_gb=0.0):
     """Read and validate a couplings file (``.npz`` or ``.h5``/``.hdf5``) → :class:`CouplingsFile`.
 
     Errors are ValueErrors naming ``where`` and the array, e.g.
-    ``"model.file (J.npz): J_xx: not symmetric (max |J - J^T| = 0.5 at (0, 1))"``.
+    ``"model.file (J.npz): J_xx: not symmetric (max |J - J^T| = 0.5 at (0, 1))"``.  A path
+    that is not a regular file, or a file too large to read and check in memory
+    (:func:`~ctwa_hpc.model.limits.check_file`; ``max_memory_gb`` as ``output.max_memory_gb``),
+    is refused before it is read; so are two arrays whose names differ only in case.
     """
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in FILE_SUFFIXES:
         raise ValueError(f"{where}: {path!r} has an unsupported extension {suffix!r} (expected "
                          f"{', '.join(FILE_SUFFIXES)})")
-    raw = _file_bytes(path, where)
+    raw = _file_bytes(path, where, max_memory_gb)
     digest = hashlib.sha256(raw).hexdigest()
     w = f"{where} ({path})"
     if suffix == ".npz":
+        if not zipfile.is_zipfile(_bytes_io.BytesIO(raw)):
+            raise ValueError(f"{w}: cannot read as .npz: not a valid .npz file (a .npz is a "
+                             "zip archive of .npy arrays and this file is not a zip archive); "
+                             "write it with numpy.savez or ctwa_hpc.model.couplingfile."
+                             "save_couplings")
         try:
             with np.load(_bytes_io.BytesIO(raw), allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}
         except Exception as exc:  # noqa: BLE001 - zip/npy errors of a corrupt file
-            raise ValueError(f"{w}: cannot read as .npz: {exc}") from None
+            why = ("it holds object (pickled) arrays, not numeric ones" if "pickle" in str(exc)
+                   else str(exc))
+            raise ValueError(f"{w}: cannot read as .npz: not a valid .npz file of numeric "
+                             f"arrays: {why}") from None
     else:
         try:
             data = h5.read_arrays(path)
         except Exception as exc:  # noqa: BLE001 - HDF5 errors of a corrupt file
             raise ValueError(f"{w}: cannot read as HDF5: {exc}") from None
-    J, h, extra = {}, {}, {}
+    J, h, extra, names = {}, {}, {}, {}
     for name, arr in data.items():
         low = name.lower()
-        if low.startswith("j_"):
-            J[pair_key(name, w)] = arr
-        elif low.startswith("h_"):
-            h[field_key(name, w)] = arr
+        if low.startswith("j_") or low.startswith("h_"):
+            kind, key = (("J", pair_key(name, w)) if low.startswith("j_")
+                         else ("h", field_key(name, w)))
+            if (kind, key) in names:
+                raise ValueError(f"{w}: the arrays {names[(kind, key)]!r} and {name!r} both name "
+                                 f"{kind}_{key} (names are case-insensitive); keep only one")
+            names[(kind, key)] = name
+            (J if kind == "J" else h)[key] = arr
         else:
             extra[name] = arr
     if not J:
         raise ValueError(f"{w}: no coupling array (expected at least one of J_xx, J_yy, J_zz, "
                          f"J_xy, J_xz, J_yz; found {sorted(data) or 'nothing'})")
     Jn, hn, n, R = normalize_couplings(J, h, where=w, realizations=True)
-    return CouplingsFile(path, n, R, digest, Jn, hn, extra)
+    axis = any(v.ndim == 3 for v in Jn.values()) or any(v.ndim == 2 for v in hn.values())
+    return CouplingsFile(path, n, R, digest, Jn, hn, extra, per_realization=axis)
 
 
 def save_couplings(path, J, h=None):

@@ -190,6 +190,49 @@ def normalize_couplings(J, h=None, n_sites=None, where="", realizations=False):
     return Jn, hn, int(n), int(n_real or 1)
 
 
+def normalize_pairs(pairs, n_sites=None, where=""):
+    """Validate coupling lists (a :class:`~ctwa_hpc.model.geometry.pairs.PairCouplings`):
+    0 <= i < j < N, pairs sorted by (i, j) without repeats, finite real values; returns a
+    PairCouplings with canonical family keys in canonical order (as :func:`normalize_couplings`
+    does for arrays)."""
+    n = int(pairs.n_sites if n_sites is None else n_sites)
+    if pairs.n_sites != n:
+        raise ValueError(f"{_prefix(where, 'J')}: coupling lists for {pairs.n_sites} sites, "
+                         f"the model has {n}")
+    i = np.asarray(pairs.i)
+    j = np.asarray(pairs.j)
+    if i.shape != j.shape or i.ndim != 1 or (i.size and not (
+            np.issubdtype(i.dtype, np.integer) and np.issubdtype(j.dtype, np.integer))):
+        raise ValueError(f"{_prefix(where, 'J')}: pair indices i, j must be 1-D integer arrays "
+                         "of one length")
+    i, j = i.astype(np.int64), j.astype(np.int64)
+    if i.size:
+        if i.min() < 0 or j.max() >= n or np.any(i >= j):
+            k = int(np.flatnonzero((i < 0) | (j >= n) | (i >= j))[0])
+            raise ValueError(f"{_prefix(where, 'J')}: pair {k} = ({int(i[k])}, {int(j[k])}) "
+                             f"is not 0 <= i < j < {n}")
+        key = i * n + j
+        if np.any(np.diff(key) <= 0):
+            raise ValueError(f"{_prefix(where, 'J')}: pairs must be sorted by (i, j) without "
+                             "repeats")
+    vals = {}
+    for name, value in pairs.items():
+        k = pair_key(name, _prefix(where, "J"))
+        if k in vals:
+            raise ValueError(f"{_prefix(where, 'J')}: family {k!r} is given twice")
+        v = _real_array(value, _prefix(where, f"J_{k}"))
+        if v.shape != i.shape:
+            raise ValueError(f"{_prefix(where, f'J_{k}')}: {v.shape} values for {i.size} pairs")
+        bad = ~np.isfinite(v)
+        if bad.any():
+            b = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{_prefix(where, f'J_{k}')}: {int(bad.sum())} non-finite values "
+                             f"(first at ({int(i[b])}, {int(j[b])}))")
+        vals[k] = v
+    ordered = {k: vals[k] for k in PAIR_KEYS if k in vals}
+    return type(pairs)(n, i, j, ordered)
+
+
 def family_tfuncs(tfuncs, J, h, where=""):
     """Map of canonical family key → TimeFunction from a user dict; values: a TimeFunction, an
     expression or callable, or a table ``{"f": "cos(omega*t)", "params": {"omega": 2.0}}``.
@@ -231,4 +274,4 @@ def family_tfuncs(tfuncs, J, h, where=""):
 
 
 __all__ = ["FIELD_KEYS", "PAIR_KEYS", "family_tfuncs", "field_key", "normalize_couplings",
-           "pair_key"]
+           "normalize_pairs", "pair_key"]

@@ -20,7 +20,8 @@ import numpy as np
 
 from .pauli import normalize_label, parse_pauli_string
 from .timefunc import TimeFunction  # noqa: F401 (re-exported)
-from .couplings import family_tfuncs, normalize_couplings
+from .couplings import family_tfuncs, normalize_couplings, normalize_pairs
+from .geometry.pairs import PairCouplings
 from .pauli import dense_string
 
 
@@ -86,6 +87,20 @@ class CouplingBlock:
         TimeFunction.  Mixed families read the upper triangle only (entry (i, j), i < j, is the
         coefficient of σ^a_i σ^b_j)."""
         iu, ju = np.triu_indices(n_sites, 1)
+        return cls._build(n_sites, ((key, iu, ju, M[iu, ju]) for key, M in J.items()), h,
+                          family_tf)
+
+    @classmethod
+    def from_pairs(cls, n_sites, pairs, h, family_tf):
+        """Block from validated coupling lists (a
+        :class:`~ctwa_hpc.model.geometry.pairs.PairCouplings`, families in canonical order),
+        identical to :meth:`from_arrays` of the same couplings given as (N, N) arrays."""
+        return cls._build(n_sites, ((key, pairs.i, pairs.j, v) for key, v in pairs.items()), h,
+                          family_tf)
+
+    @classmethod
+    def _build(cls, n_sites, families, h, family_tf):
+        """``families``: (key, i, j, values) with i < j in (i, j) order; zeros are dropped."""
         tfuncs, fams = [], []
         cols = {k: [] for k in ("i", "j", "a", "b", "c", "g", "si", "sa", "sc", "sg")}
 
@@ -99,8 +114,7 @@ class CouplingBlock:
             tfuncs.append(f)
             return len(tfuncs) - 1
 
-        for key, M in J.items():
-            v = M[iu, ju]
+        for key, iu, ju, v in families:
             nz = np.flatnonzero(v)
             if len(nz) == 0:
                 continue
@@ -251,14 +265,25 @@ class Hamiltonian:
         where : prefix of error messages (e.g. "model.file (x.npz)"); errors name the array,
             e.g. "J_xx: not symmetric (max |J - J^T| = 0.1 at (0, 2))"
         """
+        if isinstance(J, PairCouplings):
+            return cls(J.n_sites, name=name, info=info).add_couplings(J, h, tfuncs=tfuncs,
+                                                                      where=where)
         Jn, hn, n, _ = normalize_couplings(J, h, where=where)
         return cls(n, name=name, info=info).add_couplings(Jn, hn, tfuncs=tfuncs, where=where)
 
     def add_couplings(self, J=None, h=None, *, tfuncs=None, where=""):
-        """Add a vectorised block of couplings/fields (arguments as :meth:`from_couplings`)."""
-        Jn, hn, _, _ = normalize_couplings(J, h, n_sites=self.n_sites, where=where)
-        ftf = family_tfuncs(tfuncs, Jn, hn, where=where)
-        block = CouplingBlock.from_arrays(self.n_sites, Jn, hn, ftf)
+        """Add a vectorised block of couplings/fields (arguments as :meth:`from_couplings`;
+        ``J`` may also be a :class:`~ctwa_hpc.model.geometry.pairs.PairCouplings`: coupling
+        lists, never an (N, N) array, the same terms as the dense form)."""
+        if isinstance(J, PairCouplings):
+            pairs = normalize_pairs(J, n_sites=self.n_sites, where=where)
+            hn = normalize_couplings(None, h, n_sites=self.n_sites, where=where)[1] if h else {}
+            ftf = family_tfuncs(tfuncs, pairs.values, hn, where=where)
+            block = CouplingBlock.from_pairs(self.n_sites, pairs, hn, ftf)
+        else:
+            Jn, hn, _, _ = normalize_couplings(J, h, n_sites=self.n_sites, where=where)
+            ftf = family_tfuncs(tfuncs, Jn, hn, where=where)
+            block = CouplingBlock.from_arrays(self.n_sites, Jn, hn, ftf)
         if block.n_terms:
             self.blocks.append(block)
             self._all_terms = None
@@ -352,6 +377,26 @@ class Hamiltonian:
                 return False
         return True
 
+    def one_site_fields(self, every=False):
+        """{component: (N,)}: the full coefficient of σ^a_i, Σ of every one-site term
+        (explicit terms and blocks; a time-dependent term counts with its amplitude), for
+        each component "x", "y", "z" that has one-site terms (``every``: all three)."""
+        n = self.n_sites
+        out = {}
+        for t in self.explicit_terms:
+            if len(t.ops) == 1:
+                (i, lab), = t.ops
+                a = lab.lower()
+                if a not in out:
+                    out[a] = np.zeros(n)
+                out[a][i] += t.coef
+        for b in self.blocks:
+            for code in np.unique(b.site_a).tolist():
+                sel = b.site_a == code
+                np.add.at(out.setdefault(LABELS[code].lower(), np.zeros(n)), b.site_i[sel],
+                          b.site_coef[sel])
+        return {a: out.get(a, np.zeros(n)) for a in "xyz" if every or a in out}
+
     def pair_strength(self):
         """(N, N) symmetric sqrt(Σ coef²) over the two-site terms of every pair (explicit terms
         and blocks, each term squared on its own); vectorised, for clustering by coupling."""
@@ -364,6 +409,29 @@ class Hamiltonian:
             s2 += np.bincount(b.pair_i * n + b.pair_j, weights=b.pair_coef ** 2, minlength=n * n)
         s2 = s2.reshape(n, n)
         return np.sqrt(s2 + s2.T)
+
+    def pair_strength_lists(self):
+        """(i, j, S) with i < j sorted by (i, j): the nonzero entries of the upper triangle of
+        :meth:`pair_strength` (the same numbers, summed in the same order), without an (N, N)
+        array."""
+        n = self.n_sites
+        keys, weights = [], []
+        for t in self.explicit_terms:
+            if len(t.ops) == 2:
+                keys.append(t.ops[0][0] * n + t.ops[1][0])
+                weights.append(t.coef ** 2)
+        parts = [(np.asarray(keys, np.int64), np.asarray(weights, float), True)]
+        parts += [(b.pair_i * n + b.pair_j, b.pair_coef ** 2, False) for b in self.blocks]
+        uk = np.unique(np.concatenate([k for k, _, _ in parts]))
+        s2 = np.zeros(len(uk))
+        for k, w, sequential in parts:
+            pos = np.searchsorted(uk, k)
+            if sequential:                   # one term after the other, as pair_strength
+                for p, x in zip(pos.tolist(), w.tolist()):
+                    s2[p] += x
+            else:
+                s2 += np.bincount(pos, weights=w, minlength=len(uk))
+        return uk // n, uk % n, np.sqrt(s2)
 
     def summary(self):
         arr = sum(b.n_terms for b in self.blocks)

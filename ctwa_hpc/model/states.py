@@ -59,12 +59,34 @@ class ProductState:
         return None
 
 
+def _angle_pair(entry, where):
+    """One [theta, phi] entry as two floats; ValueError naming ``where`` otherwise."""
+    want = f"{where}: expected [theta, phi], two finite numbers (radians)"
+    if isinstance(entry, np.ndarray):
+        entry = entry.tolist()
+    if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+        raise ValueError(f"{want}, got {entry!r}")
+    out = []
+    for x in entry:
+        if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{want}, got {entry!r}")
+        try:
+            v = float(x)
+        except OverflowError:
+            raise ValueError(f"{want}, got a number too large in {where}") from None
+        if not np.isfinite(v):
+            raise ValueError(f"{want}, got {entry!r}")
+        out.append(v)
+    return out
+
+
 def from_angles(angles, name="angles", where="state.angles"):
-    arr = np.asarray(angles, dtype=float)
-    if arr.ndim != 2 or arr.shape[1] != 2:
-        raise ValueError(f"{where}: expected a list of [theta, phi] pairs, one per site")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{where}: angles must be finite")
+    if isinstance(angles, np.ndarray):
+        angles = angles.tolist()
+    if not isinstance(angles, (list, tuple)) or not angles:
+        raise ValueError(f"{where}: expected a list of [theta, phi] pairs, one per site, got "
+                         f"{angles!r}")
+    arr = np.array([_angle_pair(e, f"{where}[{k}]") for k, e in enumerate(angles)], dtype=float)
     return ProductState(arr[:, 0].copy(), arr[:, 1].copy(), np.zeros(len(arr), bool), name)
 
 

@@ -35,6 +35,7 @@ PARTIAL_KEYS = ("count", "s1", "s2", "sx")   # moment sums (+ "shift" since form
 
 
 h5py_has_mpi = h5.has_mpi  # the writer choice below and the tests ask this module
+OutputWriteError = h5.WriteError   # a failed serial/gather write (every rank raises it)
 
 
 def writer_kind(comm):
@@ -77,17 +78,21 @@ def _create(f, ops):
             obj.attrs[k] = v
 
 
-def _fill(f, data):
+def _fill(f, data, guard=None):
     for path, value in data.items():
+        if guard is not None and guard.error is not None:
+            return   # the disk is full: the file is abandoned, write no more data
         if value.size:
             ds = f[path]
             # bytes → the dataset's fixed-length UTF-8 type (HDF5 converts no ASCII → UTF-8)
             ds[...] = value.astype(ds.dtype) if value.dtype.kind == "S" else value
 
 
-def _fill_rows(f, rows):
+def _fill_rows(f, rows, guard=None):
     """Write this rank's slice of every per-realization dataset (independent I/O)."""
     for path, value in rows.data.items():
+        if guard is not None and guard.error is not None:
+            return
         n = len(value)
         if n:
             f[path][rows.start[path]:rows.start[path] + n] = value
@@ -121,8 +126,13 @@ def write_output(path, result, comm=None, rows=None, force=False):
     if err:
         raise FileExistsError(err)
     with _deadline(write_timeout(rows.nbytes + (plan.nbytes if plan else 0))):
-        _write(tmp, writer, comm, ops, plan, rows)
-    comm.Barrier()
+        error = _write(tmp, writer, comm, ops, plan, rows)
+    if writer == "mpio":
+        comm.Barrier()
+    else:   # rank 0 wrote alone: every rank learns whether it worked (no rank is left behind)
+        text = comm.bcast(h5.failed_write(error, path, tmp) if comm.rank == 0 else None)
+        if text:
+            raise OutputWriteError(text)
     if comm.rank == 0:
         os.replace(tmp, path)
     comm.Barrier()
@@ -160,6 +170,7 @@ class _deadline:
 
 
 def _write(tmp, writer, comm, ops, plan, rows):
+    """Write the file ``tmp``; the serial/gather writer returns its first I/O error (or None)."""
     hang = float(os.environ.get("CTWA_TEST_WRITE_HANG_S", "0") or 0)  # test hook
     if writer == "mpio":
         with h5.File(tmp, "w", driver="mpio", comm=parallel.raw(comm)) as f:
@@ -170,16 +181,22 @@ def _write(tmp, writer, comm, ops, plan, rows):
             if hang:
                 time.sleep(hang)
     elif comm.rank == 0:
-        with h5.File(tmp, "w") as f:
+        f, guard = h5.create_guarded(tmp)   # HDF5 never sees ENOSPC (see h5.GuardedFile)
+        try:
             _create(f, ops)
-            _fill(f, plan.data)
-            _fill_rows(f, rows)
+            _fill(f, plan.data, guard)
+            _fill_rows(f, rows, guard)
             for k in range(1, comm.size):   # one rank's block in memory at a time
-                _fill_rows(f, parallel.recv_object(comm, k))
+                _fill_rows(f, parallel.recv_object(comm, k), guard)
             if hang:
                 time.sleep(hang)
+        finally:
+            f.close()
+            error = guard.finish()
+        return error
     else:
         parallel.send_object(comm, rows, 0)
+    return None
 
 
 def write_result(path, result, force=False):
@@ -213,11 +230,44 @@ def load(path):
     realization), disorder ({name: array}), realization_index (global
     realization numbers), attrs (root attributes), group_attrs ({"observables/sz": {...}},
     with ``labels`` from the label coordinate), config (the config parsed from
-    ``config_toml``).  Coordinate variables are not returned as data.
+    ``config_toml``).  Coordinate variables are not returned as data.  A file that cannot be
+    read (truncated, damaged) or is not a ctwa-hpc output raises ValueError naming the file
+    and the dataset or attribute.
     """
+    try:
+        out = _load(path)
+    except KeyError as exc:
+        raise ValueError(f"{path}: {_key_text(exc)} missing: not a ctwa-hpc output file, or "
+                         "an incomplete one (rerun the job that wrote it)") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the file ({exc}): it is truncated or damaged; "
+                         "rerun the job that wrote it") from None
+    out["config"] = stored_config(path, out["attrs"])
+    if "realization_index" not in out:
+        d = out["config"].get("disorder", {})
+        try:
+            out["realization_index"] = d.get("first", 0) + np.arange(d.get("realizations", 1))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: root attribute config_toml: disorder.first/realizations "
+                             f"are not integers ({exc}); the file is damaged") from None
+    return out
+
+
+def _key_text(exc):
+    msg = str(exc.args[0]) if exc.args else str(exc)
+    if "object '" in msg:       # h5py: "Unable to open object (object 'time' doesn't exist)"
+        return "/" + msg.split("object '", 1)[1].split("'", 1)[0]
+    return msg
+
+
+def _load(path):
     out = {"observables": {}, "realizations": {}, "exact": {}, "group_attrs": {}, "disorder": {}}
     with h5.File(path, "r") as f:
         out["attrs"] = {k: _decode(v) for k, v in f.attrs.items()}
+        if "config_toml" not in out["attrs"]:
+            raise KeyError("root attribute config_toml")
+        if "time" not in f:
+            raise KeyError("/time")
         out["time"] = f["time"][...]
         for grp in ("observables", "realizations", "exact"):
             if grp in f:
@@ -236,11 +286,26 @@ def load(path):
         for grp in ("moments", "disorder"):
             if grp in f:
                 out[grp] = _data_items(f[grp])
-    out["config"] = tomllib.loads(out["attrs"]["config_toml"])
-    if "realization_index" not in out:
-        d = out["config"].get("disorder", {})
-        out["realization_index"] = d.get("first", 0) + np.arange(d.get("realizations", 1))
     return out
+
+
+def stored_config(path, attrs):
+    """The config parsed from the root attribute ``config_toml`` of ``path`` (a table of
+    tables); ValueError naming the file and the attribute when it is not."""
+    text = attrs.get("config_toml")
+    if not isinstance(text, str):
+        raise ValueError(f"{path}: root attribute config_toml is not a string "
+                         f"({type(text).__name__}); the file is damaged or not a ctwa-hpc output")
+    try:
+        cfg = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: root attribute config_toml is not valid TOML ({exc}); the "
+                         "file is damaged: rerun the job that wrote it") from None
+    bad = sorted(k for k, v in cfg.items() if not isinstance(v, dict))
+    if bad:
+        raise ValueError(f"{path}: root attribute config_toml: {bad[0]} is not a table "
+                         f"[{bad[0]}]; the file is damaged: rerun the job that wrote it")
+    return cfg
 
 
 def read_disorder(path):
@@ -297,7 +362,12 @@ def describe(path):
     """The text of ``ctwa-hpc info``: layout (shapes, dims), config, provenance."""
     check_readable(path)
     lines = [f"{path}", "", "layout (dataset (dim: size, ...) dtype; [c] = coordinate):"]
-    with h5.File(path, "r") as f:
+    try:
+        f = h5.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"info: {path}: cannot read the file ({exc}): it is truncated or "
+                         "damaged") from None
+    with f:
         attrs = {k: _decode(v) for k, v in f.attrs.items()}
 
         def visit(name, obj):

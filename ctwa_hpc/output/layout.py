@@ -201,12 +201,15 @@ def _moment_coords(plan, group, result, rows, n_cols, n_prod, real_index):
 
 _MOMENT_DIMS = {"count": ("replica",), "s1": ("replica", "time", "column"),
                 "s2": ("replica", "time", "column"), "sx": ("replica", "time", "product"),
-                "shift": ("replica", "time", "column")}
+                "shift": ("replica", "time", "column"), "gcount": ("replica", "group"),
+                "gs1": ("replica", "time", "group", "gcolumn")}   # g*: with renyi2_pairs only
 _MOMENT_DESC = {"count": "independent units summed in the row (antithetic: pairs)",
                 "s1": "sum over units of x - shift", "s2": "sum of (x - shift)^2",
                 "sx": "sum of (x_a - shift_a)(x_b - shift_b), (a, b) = cross[product]",
                 "shift": "the row's shift c of every column (the values of its first sample): "
-                         "mean = shift + s1/count, variance = (s2 - s1^2/count)/(count - 1)"}
+                         "mean = shift + s1/count, variance = (s2 - s1^2/count)/(count - 1)",
+                "gcount": "units in sample group g (global unit index mod G)",
+                "gs1": "sum over the units of group g of x - shift, for the columns `grouped`"}
 
 
 def _moments(plan, result, real_index):
@@ -222,7 +225,16 @@ def _moments(plan, result, real_index):
                             "stacking rows (realizations): ctwa-hpc merge"})
     _moment_coords(plan, "/moments", result, n_rows, n_cols, n_prod, real_index)
     aux = ("replica_realization", "replica_offset")
+    if rows.grouped is not None:         # sample groups (ctwa_hpc.method.moments)
+        plan.coord("/moments", "group", ("group",),
+                   np.arange(rows.data["/moments/gcount"].shape[1]), {"long_name": "sample group"})
+        plan.coord("/moments", "gcolumn", ("gcolumn",), np.arange(len(rows.grouped)),
+                   {"long_name": "grouped column"})
+        plan.variable("/moments", "grouped", ("gcolumn",), np.asarray(rows.grouped, np.int64),
+                      attrs={"description": "statistics column of every grouped column"})
     for k in _MOMENT_DIMS:
+        if f"/moments/{k}" not in rows.data:
+            continue
         plan.variable("/moments", k, _MOMENT_DIMS[k], rows.data[f"/moments/{k}"],
                       attrs={"description": _MOMENT_DESC[k]},
                       aux=aux + (("column_label",) if k in ("s1", "s2", "shift") else ()))
@@ -281,7 +293,10 @@ def _disorder(plan, result, real_index):
             for comp, a in v.items():
                 if key == "fields":
                     plan.variable(g, disorder_key("fields", comp), ("realization", "site"), a, attrs={
-                        "description": f"coefficient h^{comp}_i of sigma^{comp}_i in H",
+                        "description": f"full coefficient h^{comp}_i of sigma^{comp}_i in H: "
+                                       "every one-site term summed (model.fields, uniform and "
+                                       "random parts, model.hx/hz, file h_a, heisenberg "
+                                       "h_z delta_i; time-dependent terms by amplitude)",
                         "units": "E"})
                 else:
                     plan.variable(g, disorder_key("couplings", comp), ("realization", "site", "site_j"), a,

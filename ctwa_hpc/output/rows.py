@@ -3,8 +3,9 @@
 The per-realization datasets of an output file have a leading realization (or replica) axis:
 ``/realizations/<name>/{mean,stderr}`` and ``/realizations/n_samples`` (realization, ...),
 ``/disorder/<key>`` (realization, ...) and, when stored, ``/moments/{count,s1,s2,sx,shift}``
-(replica = r·n_offsets + offset, ...).  In a run every rank owns a contiguous block of
-realizations [lo, hi) (:mod:`ctwa_hpc.driver.rowstore`) and holds only their rows: a
+(replica = r·n_offsets + offset, ...) with the sample-group sums ``/moments/{gcount,gs1}`` of
+``renyi2_pairs`` (:mod:`ctwa_hpc.method.moments`).  In a run every rank owns a contiguous
+block of realizations [lo, hi) (:mod:`ctwa_hpc.driver.rowstore`) and holds only their rows: a
 :class:`LocalRows`.  The writer (:mod:`ctwa_hpc.output.hdf5`) creates every dataset with its full
 length and each rank writes its own slice (parallel HDF5), or rank 0 receives the blocks rank
 by rank and writes them (gather writer): no process ever holds all rows.
@@ -32,6 +33,7 @@ class LocalRows:
     start: dict = field(default_factory=dict)    # dataset path -> first row of the block
     length: dict = field(default_factory=dict)   # dataset path -> full length of the axis
     cross: np.ndarray | None = None              # /moments/cross (column pairs)
+    grouped: np.ndarray | None = None            # /moments/grouped (sample-group columns)
 
     @property
     def nbytes(self):
@@ -85,8 +87,9 @@ def realization_rows(outputs, lo, R, O, *, disorder=None, moments=None, counts=N
         elif isinstance(v, np.ndarray) and v.ndim and v.dtype.kind in "biuf":
             rows.put(f"/disorder/{key}", v, lo, R)
     if moments is not None:
-        for k in MOMENT_KEYS:
+        for k in moments.keys:
             rows.put(f"/moments/{k}", getattr(moments, k), lo * O, R * O)
+        rows.grouped = moments.grouped
     return rows
 
 
@@ -117,7 +120,5 @@ def concat_blocks(blocks, cross):
             disorder[k] = np.concatenate([np.asarray(r[k]) for r in recs])
     mom = None
     if blocks[0][3] is not None:
-        mom = Moments(*(np.concatenate([getattr(b[3], k) for b in blocks])
-                        for k in ("count", "s1", "s2", "sx")), np.asarray(cross),
-                      np.concatenate([b[3].shift for b in blocks]))
+        mom = Moments.concat([b[3] for b in blocks], cross)
     return dict(vals=vals, counts=counts, disorder=disorder, moments=mom)

@@ -1,6 +1,8 @@
 """Geometry of spin models: lattices, random positions, pair couplings, fields, clusterings.
 
-Pure NumPy; no config parsing beyond plain dicts (:mod:`.spec`).  Conventions:
+Pure NumPy; no config parsing beyond plain dicts (:mod:`.spec`); imports nothing else of
+ctwa_hpc, so every room may use it (the public face: ``from ctwa_hpc import geometry``).
+Conventions:
 
 * :class:`Geometry` holds positions (N, d), box, periodic flags, a 0/1 bipartition
   (``sublattice``, None if not bipartite) and integer cell coordinates (``cells``).
@@ -21,12 +23,15 @@ Example (a 4x4 periodic XXZ lattice with a random z field and 2x2 plaquettes)::
     signs = geom.staggered_signs()          # checkerboard Néel pattern
 """
 from .base import Geometry
-from .clustering import blocks, greedy, plaquettes, strongest_pairs
+from .clustering import (blocks, greedy, greedy_lists, plaquettes, strongest_pairs,
+                         strongest_pairs_lists)
 from .fields import is_random as fields_are_random, make_fields
 from .interactions import coupling_strength, dipolar, nearest_neighbour, power_law
 from .lattice import chain, cubic, honeycomb, lattice, square, triangular
 from .positions import blockade, from_file, partial_fill, random_box
+from .pairs import PairCouplings, close_pairs
 from .spec import build_couplings, build_geometry, build_model, is_random as positions_are_random
+from .spec import is_short_range
 
 __all__ = [
     "Geometry",
@@ -34,6 +39,7 @@ __all__ = [
     "random_box", "partial_fill", "blockade", "from_file",
     "nearest_neighbour", "power_law", "dipolar", "coupling_strength",
     "make_fields", "fields_are_random",
-    "blocks", "plaquettes", "strongest_pairs", "greedy",
-    "build_geometry", "build_couplings", "build_model", "positions_are_random",
+    "blocks", "plaquettes", "strongest_pairs", "greedy", "strongest_pairs_lists", "greedy_lists",
+    "PairCouplings", "close_pairs",
+    "build_geometry", "build_couplings", "build_model", "positions_are_random", "is_short_range",
 ]

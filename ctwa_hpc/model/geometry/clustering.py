@@ -132,11 +132,67 @@ def strongest_pairs(Jabs):
     return _canonical(pairs)
 
 
+def _pair_lists(n, i, j, s):
+    """Validated strength lists, sorted by strength descending, then i, then j (the order of
+    :func:`_sorted_pairs`), keeping only S > 0."""
+    n = _int(n, "model.n_sites", 1)
+    i, j = np.asarray(i, np.int64).reshape(-1), np.asarray(j, np.int64).reshape(-1)
+    v = np.asarray(s, dtype=float).reshape(-1)
+    if not (i.shape == j.shape == v.shape) or (i.size and (
+            i.min() < 0 or j.max() >= n or np.any(i >= j))):
+        raise ValueError("method.clustering: expected pair lists i < j < N with one strength "
+                         "each")
+    if not np.all(np.isfinite(v)) or np.any(v < 0):
+        raise ValueError("method.clustering: the coupling strengths must be finite and "
+                         "nonnegative")
+    keep = v > 0
+    i, j, v = i[keep], j[keep], v[keep]
+    order = np.lexsort((j, i, -v))
+    return n, i[order], j[order], v[order]
+
+
+def strongest_pairs_lists(n, i, j, s):
+    """:func:`strongest_pairs` of the strengths given as lists (pairs not listed have S = 0):
+    the same partition, without an (N, N) matrix."""
+    n, ii, jj, _ = _pair_lists(n, i, j, s)
+    free = np.ones(n, dtype=bool)
+    pairs = []
+    target = n // 2
+    for a, b in zip(ii.tolist(), jj.tolist()):
+        if len(pairs) == target:
+            break
+        if free[a] and free[b]:
+            free[a] = free[b] = False
+            pairs.append([a, b])
+    # the zero-strength pairs follow in (i, j) order: consecutive free sites pair up
+    rest = np.flatnonzero(free).tolist()
+    k = 2 * min(target - len(pairs), len(rest) // 2)
+    pairs.extend([a, b] for a, b in zip(rest[:k:2], rest[1:k:2]))
+    pairs.extend([x] for x in rest[k:])
+    return _canonical(pairs)
+
+
 def greedy(Jabs, max_size):
     """Agglomerative single-linkage clusters of at most ``max_size`` sites (bonds with S > 0)."""
     S = _strength(Jabs)
-    cap = _int(max_size, "method.cluster_size", 1)
+    _int(max_size, "method.cluster_size", 1)
     n = S.shape[0]
+    if n < 2:
+        return _canonical([[s] for s in range(n)])
+    ii, jj, vv = _sorted_pairs(S)
+    m = int(np.count_nonzero(vv > 0))
+    return _kruskal(n, ii[:m], jj[:m], max_size)
+
+
+def greedy_lists(n, i, j, s, max_size):
+    """:func:`greedy` of the strengths given as lists: the same partition, no (N, N) matrix."""
+    n, ii, jj, _ = _pair_lists(n, i, j, s)
+    return _kruskal(n, ii, jj, max_size)
+
+
+def _kruskal(n, ii, jj, max_size):
+    """Merge along the bonds (ii, jj), strongest first, up to ``max_size`` sites."""
+    cap = _int(max_size, "method.cluster_size", 1)
     parent = list(range(n))
     size = [1] * n
 
@@ -147,10 +203,8 @@ def greedy(Jabs, max_size):
         return x
 
     if n >= 2 and cap >= 2:
-        ii, jj, vv = _sorted_pairs(S)
-        m = int(np.count_nonzero(vv > 0))
         full = 0  # sites in clusters that reached the cap (these merge no further)
-        for a, b in zip(ii[:m].tolist(), jj[:m].tolist()):
+        for a, b in zip(ii.tolist(), jj.tolist()):
             ra, rb = find(a), find(b)
             if ra == rb or size[ra] + size[rb] > cap:
                 continue

@@ -154,6 +154,27 @@ _BUILDERS = {"chain": chain, "square": square, "triangular": triangular,
              "honeycomb": honeycomb, "cubic": cubic}
 
 
+def _sizes(kind, size):
+    if kind not in _BUILDERS:
+        raise ValueError(f"model.lattice: unknown lattice {kind!r}; expected one of "
+                         f"{sorted(_BUILDERS)}")
+    d = KINDS[kind]
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        return [size] * d
+    if isinstance(size, (list, tuple, np.ndarray)) and len(size) == d:
+        return list(size)
+    raise ValueError(f"model.size: a {kind} lattice needs an integer or {d} lengths, "
+                     f"got {size!r}")
+
+
+def lattice_sites(kind, size):
+    """Number of sites of ``lattice(kind, size)``, without building it (Python integer)."""
+    n = 2 if kind == "honeycomb" else 1
+    for s in _check_size(_sizes(kind, size)):
+        n *= s
+    return n
+
+
 def lattice(kind, size, boundary="open", spacing=1.0):
     """Build a lattice by name.
 
@@ -161,15 +182,5 @@ def lattice(kind, size, boundary="open", spacing=1.0):
     size: an integer (the same length along every axis) or one length per axis (cells; the
     honeycomb has 2 sites per cell).  boundary: "open", "periodic" or one of those per axis.
     """
-    if kind not in _BUILDERS:
-        raise ValueError(f"model.lattice: unknown lattice {kind!r}; expected one of "
-                         f"{sorted(_BUILDERS)}")
-    d = KINDS[kind]
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        sizes = [size] * d
-    elif isinstance(size, (list, tuple, np.ndarray)) and len(size) == d:
-        sizes = list(size)
-    else:
-        raise ValueError(f"model.size: a {kind} lattice needs an integer or {d} lengths, "
-                         f"got {size!r}")
+    sizes = _sizes(kind, size)
     return _BUILDERS[kind](*sizes, boundary=boundary, spacing=spacing)

@@ -20,6 +20,7 @@ import os
 
 import numpy as np
 
+from . import rsa
 from .base import Geometry
 
 
@@ -106,71 +107,11 @@ def partial_fill(geometry, filling, rng, *, n_keep=None):
 
 
 _PACKING = {1: 1.0, 2: math.pi / math.sqrt(12.0), 3: math.pi / math.sqrt(18.0)}
+_JAMMING = {1: 0.7476, 2: 0.5472, 3: 0.3841}   # random sequential adsorption jamming coverage
 
 
 def _ball_volume(d, r):
     return math.pi ** (d / 2) / math.gamma(d / 2 + 1) * r ** d
-
-
-class _Placed:
-    """Atoms placed so far, with a cell grid for O(1) blockade checks per candidate.
-
-    Grid cells have edges c_a <= r_b / sqrt(d), so a cell holds at most one atom (two atoms in
-    one half-open cell are closer than r_b); a candidate can only conflict with atoms in the
-    cells within ceil(r_b / c_a) along each axis (wrapped on periodic axes).  Boxes needing more
-    than 2^22 cells fall back to comparing with every placed atom.
-    """
-
-    MAX_CELLS = 1 << 22
-
-    def __init__(self, n, lengths, per, rb):
-        d = lengths.size
-        self.lengths, self.per, self.rb2 = lengths, per, rb * rb
-        self.x = np.empty((n, d))
-        self.k = 0
-        ncell = np.maximum(1, np.ceil(lengths * np.sqrt(d) / rb)).astype(np.int64)
-        self.grid = None
-        if np.prod(ncell.astype(float)) <= self.MAX_CELLS:
-            self.ncell = ncell
-            self.cell = lengths / ncell
-            reach = np.ceil(rb / self.cell).astype(np.int64)
-            mesh = np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij")
-            self.offsets = np.stack([m.reshape(-1) for m in mesh], axis=1)
-            self.grid = np.full(tuple(ncell), -1, dtype=np.int64)
-
-    def _cell_of(self, pts):
-        return np.minimum((pts // self.cell).astype(np.int64), self.ncell - 1)
-
-    def _wrap(self, diff):
-        if self.per.any():
-            L = self.lengths[self.per]
-            diff[..., self.per] -= L * np.round(diff[..., self.per] / L)
-        return diff
-
-    def first_free(self, cand):
-        """Index of the first candidate at distance >= r_b from every placed atom, or -1."""
-        if self.k == 0:
-            return 0
-        if self.grid is None:
-            diff = self._wrap(cand[:, None, :] - self.x[None, :self.k, :])
-            d2 = np.einsum("mkd,mkd->mk", diff, diff).min(axis=1)
-        else:
-            nb = self._cell_of(cand)[:, None, :] + self.offsets[None, :, :]
-            nb = np.where(self.per, np.mod(nb, self.ncell), nb)
-            inside = np.all((nb >= 0) & (nb < self.ncell), axis=2)
-            nb = np.clip(nb, 0, self.ncell - 1)
-            idx = self.grid[tuple(nb[..., a] for a in range(nb.shape[2]))]
-            idx = np.where(inside, idx, -1)
-            diff = self._wrap(cand[:, None, :] - self.x[np.maximum(idx, 0)])
-            d2 = np.where(idx >= 0, np.einsum("mkd,mkd->mk", diff, diff), np.inf).min(axis=1)
-        ok = np.nonzero(d2 >= self.rb2)[0]
-        return int(ok[0]) if ok.size else -1
-
-    def add(self, pt):
-        self.x[self.k] = pt
-        if self.grid is not None:
-            self.grid[tuple(self._cell_of(pt[None, :])[0])] = self.k
-        self.k += 1
 
 
 def blockade(N, box, r_b, rng, periodic=False, max_attempts=20000):
@@ -192,6 +133,11 @@ def blockade(N, box, r_b, rng, periodic=False, max_attempts=20000):
         raise ValueError(f"model.blockade_radius: expected a number, got {r_b!r}") from None
     if not np.isfinite(rb) or rb <= 0:
         raise ValueError(f"model.blockade_radius: must be finite and > 0, got {r_b!r}")
+    if rb < 1e-13 * float(lengths.max()):
+        raise ValueError(f"model.blockade_radius: {rb:g} is below the floating-point "
+                         f"resolution of positions in the box {lengths.tolist()} (1e-13 of its "
+                         "largest edge); give a larger model.blockade_radius, or positions = "
+                         "'box' for independent random sites")
     rng = _check_rng(rng)
     msg = (f"model.blockade_radius: could not place N = {n} atoms with r_b = {rb:g} in the box "
            f"{lengths.tolist()}")
@@ -199,24 +145,20 @@ def blockade(N, box, r_b, rng, periodic=False, max_attempts=20000):
         # balls of radius r_b/2 around the atoms are disjoint and lie in the box grown by r_b/2
         # on each open side
         grown = np.prod(lengths + rb * (~per))
+        most = _PACKING[d] * grown / _ball_volume(d, rb / 2)
         if n * _ball_volume(d, rb / 2) > _PACKING[d] * grown:
-            raise ValueError(msg + " (denser than close packing); lower N or r_b or enlarge the box")
-    placed = _Placed(n, lengths, per, rb)
-    for k in range(n):
-        tries, m = 0, 8
-        while True:
-            if tries >= max_attempts:
-                raise ValueError(msg + f" (placed {k}, then {max_attempts} rejected candidates); "
-                                 "lower the density")
-            m_now = min(m, max_attempts - tries)
-            cand = rng.random((m_now, d)) * lengths
-            tries += m_now
-            hit = placed.first_free(cand)
-            if hit >= 0:
-                placed.add(cand[hit])
-                break
-            m = min(2 * m, 1024)
-    return Geometry(positions=placed.x, box=lengths, periodic=per, kind="blockade")
+            jam = _JAMMING[d] * grown / _ball_volume(d, rb / 2)
+            raise ValueError(msg + f" (denser than close packing: at most about {most:.4g} "
+                             f"atoms fit, and random placement jams near {jam:.4g}); lower "
+                             "model.n_sites or model.blockade_radius, or enlarge model.box")
+
+    def fail(k):
+        return ValueError(msg + f" (placed {k}, then {max_attempts} rejected candidates); "
+                          "lower the density (model.n_sites, model.blockade_radius or "
+                          "model.box)")
+
+    pos = rsa.place(n, lengths, per, rb, rng, int(max_attempts), fail)
+    return Geometry(positions=pos, box=lengths, periodic=per, kind="blockade")
 
 
 def _load(path):
@@ -247,8 +189,11 @@ def from_file(path, box=None, periodic=False):
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"model.positions_file: expected a path, got {path!r}")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise ValueError(f"model.positions_file: no such file {path}")
+    if not os.path.isfile(path):
+        raise ValueError(f"model.positions_file: {path} is not a regular file (a directory, "
+                         "device or FIFO); give the path of a .npy/.npz/.txt/.csv file")
     try:
         arr, file_box = _load(path)
     except ValueError as exc:

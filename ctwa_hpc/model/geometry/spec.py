@@ -137,8 +137,20 @@ def build_geometry(spec, rng=None):
     return geom
 
 
-def build_couplings(geom, spec):
-    """The coupling dict {"xx": (N, N), ...} of ``geom`` described by ``spec``."""
+def is_short_range(spec):
+    """True if the couplings of ``spec`` are short-range (interaction = "nearest", or a
+    cutoff): :func:`build_couplings` can then build them sparse."""
+    _check_spec(spec)
+    return spec.get("interaction") == "nearest" or spec.get("cutoff") is not None
+
+
+def build_couplings(geom, spec, sparse=False, where="model.positions", max_pairs=None):
+    """The coupling dict {"xx": (N, N), ...} of ``geom`` described by ``spec``.
+
+    ``sparse``: short-range couplings (:func:`is_short_range`) come as a
+    :class:`~ctwa_hpc.model.geometry.pairs.PairCouplings` (coupling lists, no (N, N) array;
+    ``max_pairs`` bounds the candidate pairs); long-range ones stay dense.  ``where`` names
+    the config field that placed the sites (in messages about coincident sites)."""
     _check_spec(spec)
     kind = spec.get("interaction")
     if kind not in INTERACTIONS:
@@ -149,12 +161,15 @@ def build_couplings(geom, spec):
     what = f"interaction = {kind!r}"
     aniso = _need(spec, "anisotropy", what + " (e.g. {xx = 1, yy = 1, zz = 2})")
     J = _get(spec, "J", 1.0)
+    sp = dict(sparse=bool(sparse) and is_short_range(spec), where=where)
     if kind == "nearest":
-        return nearest_neighbour(geom, aniso, J=J)
+        return nearest_neighbour(geom, aniso, J=J, **sp)
+    sp["max_pairs"] = max_pairs
     if kind == "power_law":
-        return power_law(geom, _need(spec, "alpha", what), aniso, J=J, cutoff=spec.get("cutoff"))
+        return power_law(geom, _need(spec, "alpha", what), aniso, J=J, cutoff=spec.get("cutoff"),
+                         **sp)
     return dipolar(geom, aniso, J=J, axis=_get(spec, "axis", (0.0, 0.0, 1.0)),
-                   cutoff=spec.get("cutoff"))
+                   cutoff=spec.get("cutoff"), **sp)
 
 
 def build_model(spec, rng=None):

@@ -1,11 +1,14 @@
 """Facts of this node for the pre-flight estimate: memory available to the job, ranks on the
-node, the resident size of this process (:mod:`ctwa_hpc.driver.preflight`)."""
+node, the resident size of this process (:mod:`ctwa_hpc.driver.preflight`), and the memory
+limit of one rank that every guard before the work uses (:func:`rank_budget`)."""
 from __future__ import annotations
 
+import math
 import os
 import resource
 
-from ..tools import parallel
+from . import parallel
+from .exceptions import ConfigError
 
 
 def _read_int(path):
@@ -36,7 +39,58 @@ def memory_available():
             room = max(limit - (_read_int(cur) or 0), 0)
             avail = room if avail is None else min(avail, room)
             break
+    room = _address_space_room()
+    if room is not None:
+        avail = room if avail is None else min(avail, room)
     return avail
+
+
+def _address_space_room():
+    """Bytes of address space this process may still map under ``ulimit -v`` (RLIMIT_AS),
+    None without such a limit."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ValueError, OSError, AttributeError):
+        return None
+    if soft in (resource.RLIM_INFINITY, -1) or soft <= 0:
+        return None
+    size = 0
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmSize:"):
+                    size = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    return max(soft - size, 0)
+
+
+def memory_limit(out_cfg):
+    """(limit per rank in bytes or None, its source) from ``output.max_memory_gb``."""
+    user = float(out_cfg.get("max_memory_gb") or 0.0)
+    if user < 0 or not math.isfinite(user):
+        raise ConfigError(f"output.max_memory_gb: must be >= 0 (0: node memory), got {user}")
+    limit = int(user * 2**30) if user > 0 else None
+    source = (f"output.max_memory_gb = {user:g}" if limit else
+              "none (output.max_memory_gb = 0: the node's MemAvailable)")
+    return limit, source
+
+
+def rank_budget(cfg, comm=None, node_ranks=None):
+    """(bytes one rank may use, what limits it) before any work: ``output.max_memory_gb``
+    and this node's MemAvailable shared by its ranks, the smaller; (None, "") when unknown.
+    The same limits the pre-flight estimate refuses against (:func:`preflight.check`)."""
+    limit, source = memory_limit(cfg["output"])
+    avail, room = memory_available(), _address_space_room()
+    L = int(node_ranks or (ranks_on_node(comm) if comm is not None else 1))
+    if avail is not None and (limit is None or avail / L < limit):
+        limit = int(avail / L)
+        source = (f"the address-space limit (ulimit -v) leaves {room / 2**30:.3g} GiB"
+                  if room is not None and room <= avail else
+                  f"this node's MemAvailable {avail / 2**30:.3g} GiB"
+                  + (f" shared by {L} ranks" if L > 1 else ""))
+    return limit, (source if limit is not None else "")
 
 
 def ranks_on_node(comm):
