@@ -30,7 +30,7 @@ import numpy as np
 
 from . import config as config_mod
 from .driver.session import RunError, Session
-from .model import builder
+from .model import objects
 from .tools import parallel
 
 log = logging.getLogger("ctwa_hpc")
@@ -130,14 +130,14 @@ def _objects_to_refs(raw):
         for key in ("file", "positions_file"):
             v = model.get(key)
             if v is not None and not isinstance(v, (str, os.PathLike)):
-                model[key] = builder.register_object(builder.check_object(key, v))
+                model[key] = objects.register_object(objects.check_object(key, v))
             elif isinstance(v, os.PathLike):
                 model[key] = os.fspath(v)
                 if not isinstance(model[key], str):
                     raise config_mod.ConfigError(f"model.{key}: expected a str path, got "
                                       f"{type(model[key]).__name__}")
         if isinstance(model.get("positions_file"), str) and \
-                model["positions_file"].startswith(builder.OBJECT_PREFIX):
+                model["positions_file"].startswith(objects.OBJECT_PREFIX):
             model.setdefault("positions", "file")
     return raw
 

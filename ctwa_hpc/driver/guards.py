@@ -46,7 +46,7 @@ import numpy as np
 from ..tools.exceptions import ConfigError
 from ..exact import statevector as exact
 from ..method import clusters
-from ..model import builder
+from ..model import objects
 from ..tools.nodeinfo import rank_budget
 
 log = logging.getLogger("ctwa_hpc")
@@ -63,7 +63,7 @@ def input_files(cfg):
     model = cfg.get("model") or {}
     return {f"model.{k}": model[k] for k in ("file", "positions_file")
             if isinstance(model.get(k), str) and model[k]
-            and not model[k].startswith(builder.OBJECT_PREFIX)}
+            and not model[k].startswith(objects.OBJECT_PREFIX)}
 
 
 def _same_file(a, b):

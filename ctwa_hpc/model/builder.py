@@ -41,8 +41,7 @@ from . import geometry, latticesize, limits, models
 from .couplingfile import load_couplings
 from .geometry.pairs import PairCouplings
 from .hamiltonian import Hamiltonian, TimeFunction
-from .objects import (OBJECT_PREFIX, check_object, lookup, object_hash, object_sizes,  # noqa: F401
-                      register_object, short_repr)
+from .objects import OBJECT_PREFIX, lookup, object_sizes, short_repr
 
 TAG_POSITIONS = 0x9051
 TAG_FIELDS = 0xF1E1D
